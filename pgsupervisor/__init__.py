@@ -1,0 +1,30 @@
+"""Keeps a process's PostgreSQL connections alive and its change stream flowing."""
+
+from . import signals
+from .backoff import Backoff
+from .errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    ManagerStopped,
+    OptionError,
+    PgSupervisorError,
+)
+from .manager import Manager
+from .options import PoolOptions
+from .status import Status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "Manager",
+    "ManagerStopped",
+    "OptionError",
+    "PgSupervisorError",
+    "PoolOptions",
+    "Status",
+    "__version__",
+    "signals",
+]

@@ -1,0 +1,83 @@
+"""Every signal a Manager sends, as a `blinker.Namespace`.
+
+The sender is always the `Manager`; connect with ``@signals.NAME.connect_via(manager)``
+to hear one manager, or ``@signals.NAME.connect`` to hear them all. Signals are sent
+outside every lock, from the thread named below. A receiver that raises is
+logged with the signal's name and otherwise ignored, except for ``transaction``
+(a raising receiver stops the stream, which restarts and delivers the
+transaction again).
+
+``status_changed(old, new)``
+    The status moved from *old* to *new* (both `Status`). Supervisor thread,
+    or the caller of ``start()``/``stop()``.
+``connected(role)``
+    The *role* (``"admin"``, ``"snapshot"`` or ``"replication"``) has all its
+    connections up again.
+``disconnected(role, error)``
+    The *role* lost a connection; *error* is the exception (redacted) or None
+    for a deliberate close.
+``connection_error(role, error, attempt, delay)``
+    An attempt to (re)connect failed. *attempt* counts from 1 since the last
+    stable connection; *delay* is the number of seconds until the next
+    attempt, or None when the error is fatal and no retry follows.
+``lock_waiting(slot_name)`` / ``lock_acquired(slot_name)``
+    Another process holds the slot's exclusive lock / we now hold it.
+``transaction(transaction)``
+    A committed `Transaction`, in commit order, from the stream thread.
+``timeline_changed(previous, current)``
+    The (system_identifier, timeline_id) pair differs from the stored one.
+``replication_lag(retained_wal_bytes, confirmed_flush_lag_bytes)``
+    Periodic slot lag, read through the admin pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from blinker import Namespace, NamedSignal
+
+__all__ = [
+    "connected",
+    "connection_error",
+    "disconnected",
+    "lock_acquired",
+    "lock_waiting",
+    "namespace",
+    "replication_lag",
+    "send",
+    "status_changed",
+    "timeline_changed",
+    "transaction",
+]
+
+logger = logging.getLogger("pgsupervisor")
+
+namespace = Namespace()
+
+status_changed = namespace.signal("status_changed", doc="old, new: Status")
+connected = namespace.signal("connected", doc="role")
+disconnected = namespace.signal("disconnected", doc="role, error")
+connection_error = namespace.signal(
+    "connection_error", doc="role, error, attempt, delay"
+)
+lock_waiting = namespace.signal("lock_waiting", doc="slot_name")
+lock_acquired = namespace.signal("lock_acquired", doc="slot_name")
+transaction = namespace.signal("transaction", doc="transaction")
+timeline_changed = namespace.signal("timeline_changed", doc="previous, current")
+replication_lag = namespace.signal(
+    "replication_lag", doc="retained_wal_bytes, confirmed_flush_lag_bytes"
+)
+
+
+def send(signal: NamedSignal, sender: Any, **kwargs: Any) -> None:
+    """Send *signal* to each receiver; log, never raise, a receiver's error."""
+    if not signal.receivers:
+        return
+    for receiver in signal.receivers_for(sender):
+        try:
+            receiver(sender, **kwargs)
+        except Exception:
+            logger.exception(
+                "receiver %r of signal %r raised; ignored", receiver, signal.name
+            )
