@@ -161,6 +161,24 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return _PASSWORD_URI.sub(lambda m: m.group(1) + MASK + m.group(3), text)
 
 
+_RAW_SECRETS = (
+    re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE),
+    re.compile(r"://[^:/@\s]*:(.*)@"),
+    re.compile(r"[?&]password=([^&]*)", re.IGNORECASE),
+)
+
+
+def secrets_in(raw: str) -> list[str]:
+    """The password-shaped parts of a connection string that failed to parse,
+    and each word of them (libpq quotes whichever token it stumbled on)."""
+    found: list[str] = []
+    for pattern in _RAW_SECRETS:
+        for match in pattern.finditer(raw):
+            value = match.group(1).strip("'")
+            found.extend([value, *value.split()])
+    return sorted({f for f in found if f}, key=len, reverse=True)
+
+
 def _message(exc: BaseException) -> str:
     """The error's text on one line, without psycopg's generic prefix."""
     text = " ".join(str(exc).split())

@@ -225,17 +225,19 @@ class Manager:
 
     def _run(self) -> None:
         try:
-            while not self._stopping.is_set():
+            while True:
                 try:
                     self._probe_server(self.pool_options.connect_timeout)
                     self._fill_pools()
                     self._become_active()
                     self._watch()
                 except _Stopping:
-                    return
+                    raise
                 except Exception as exc:
                     if not self._recover(exc):
                         return
+        except _Stopping:
+            return
         except Exception as exc:  # a bug: say so, never die silently
             logger.exception("[%s] supervisor crashed", self.stack_id)
             self._fail(exc)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .errors import MASK, OptionError, redact
+from .errors import MASK, OptionError, redact, secrets_in
 
 __all__ = ["ConnInfo", "PoolOptions", "split_pool_size"]
 
@@ -43,9 +43,9 @@ class ConnInfo:
         try:
             parsed = conninfo_to_dict(value)
         except psycopg.ProgrammingError as exc:
-            shown = str(exc).strip()
+            shown = " ".join(str(exc).split())
             if not show_sensitive:
-                shown = redact(shown)
+                shown = redact(shown, secrets_in(value))
             raise OptionError(f"invalid conninfo: {shown}") from None
         self._params: dict[str, str] = {k: str(v) for k, v in parsed.items()}
 

@@ -105,20 +105,20 @@ def ping(conns: list[Conn], timeout: float) -> dict[Conn, BaseException]:
 
 
 def _closed_by_server(conn: Conn) -> bool:
-    """True when an idle connection's socket has something to read: a FATAL
-    or an EOF from the server, or (harmless) a notification."""
+    """True when an idle connection's socket is readable.
+
+    An idle pooled connection has nothing to read unless the server closed
+    it: libpq takes a FATAL on an idle connection for a notice and sees the
+    EOF only at a later read, so readability itself is the signal. (A NOTIFY
+    on a pooled connection also counts; pooled connections are not for
+    LISTEN.)
+    """
     pgconn = conn.pgconn
     if pgconn.status != pq.ConnStatus.OK:
         return True
     poller = select.poll()
     poller.register(pgconn.socket, select.POLLIN)
-    if not poller.poll(0):
-        return False
-    try:
-        pgconn.consume_input()
-    except psycopg.OperationalError:
-        return True
-    return pgconn.status != pq.ConnStatus.OK or pgconn.get_result() is not None
+    return bool(poller.poll(0))
 
 
 class SupervisedPool(ConnectionPool[Conn]):
