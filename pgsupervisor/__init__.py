@@ -1,5 +1,7 @@
 """Keeps a process's PostgreSQL connections alive and its change stream flowing."""
 
+import logging
+
 from . import signals
 from .backoff import Backoff
 from .errors import (
@@ -14,6 +16,8 @@ from .options import PoolOptions
 from .status import Status
 
 __version__ = "0.1.0"
+
+logging.getLogger("pgsupervisor").addHandler(logging.NullHandler())
 
 __all__ = [
     "Backoff",

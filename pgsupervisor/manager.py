@@ -183,6 +183,13 @@ class Manager:
                 raise ManagerStopped("the manager is not started: call start() first")
             raise ManagerStopped("the manager was stopped")
 
+    def wait_status(
+        self, *statuses: Status, timeout: float | None = None
+    ) -> Status:
+        """Block until the status is one of *statuses*, FAILED or STOPPED;
+        return it. Raises `TimeoutError` after *timeout* seconds."""
+        return self._status.wait_for(set(statuses), timeout)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the supervisor, close the pools, join every thread; idempotent."""
         deadline = self._clock() + timeout

@@ -11,6 +11,7 @@ the whole server the way a crash would.
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import pwd
@@ -120,6 +121,43 @@ def _server_user() -> pwd.struct_passwd | None:
     raise ClusterError("running as root and no unprivileged user to run postgres as")
 
 
+def _reachable_by_others(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
+
+
+def _usable_bindir(bindir: Path, user: pwd.struct_passwd | None) -> Path:
+    """*bindir*, or a copy of its installation that *user* can execute.
+
+    Run as root, a virtualenv under /root (mode 700) holds binaries the
+    unprivileged server user cannot reach: copy the installation once into a
+    world-readable cache, keeping the wheel's layout (``pgserver/pginstall``
+    beside ``pgserver.libs``) so the binaries' relative RPATH still resolves.
+    """
+    if user is None or _reachable_by_others(bindir):
+        return bindir
+    install = bindir.parent
+    package = install.parent
+    digest = hashlib.sha1(str(install).encode()).hexdigest()[:12]
+    cache = Path(tempfile.gettempdir(), f"pgsupervisor-pginstall-{digest}")
+    relative_bin = Path(package.name, install.name, "bin")
+    if not (cache / relative_bin / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix="pgsupervisor-pginstall-"))
+        tree = staging / "tree"
+        shutil.copytree(install, tree / package.name / install.name, symlinks=True)
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, tree / libs.name, symlinks=True)
+        for root, dirs, _ in os.walk(staging):
+            for name in dirs:
+                Path(root, name).chmod(0o755)
+        try:
+            tree.rename(cache)
+        except OSError:  # another process won the race
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+    return cache / relative_bin
+
+
 class Cluster:
     """One throw-away PostgreSQL server. Use as a context manager, or call
     `start()` and `cleanup()`."""
@@ -132,10 +170,10 @@ class Cluster:
         bindir: str | Path | None = None,
         template: Path | None = None,
     ):
-        self.bindir = Path(bindir) if bindir else find_bindir()
+        self._user = _server_user()
+        self.bindir = _usable_bindir(Path(bindir) if bindir else find_bindir(), self._user)
         self.port = port or free_port()
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
-        self._user = _server_user()
         self.base = Path(tempfile.mkdtemp(prefix="pgsupervisor-"))
         self.datadir = self.base / "data"
         self.sockdir = self.base / "sock"
