@@ -64,7 +64,7 @@ class Backoff:
             lo, hi = self.DEFAULT_MIN, self.DEFAULT_MAX
         elif min is None:
             hi = _check_seconds("max", max)
-            lo = self.DEFAULT_MIN if self.DEFAULT_MIN < hi else hi
+            lo = self.DEFAULT_MIN if hi > self.DEFAULT_MIN else hi
         elif max is None:
             lo = _check_seconds("min", min)
             hi = lo if lo > self.DEFAULT_MAX else self.DEFAULT_MAX

@@ -40,11 +40,16 @@ class Printer:
         def connected(sender: Manager, role: str) -> None:
             self.line(f"connected: {role} pool has all its connections")
 
-        def disconnected(sender: Manager, role: str, error: BaseException | None) -> None:
+        def disconnected(
+            sender: Manager, role: str, error: BaseException | None
+        ) -> None:
             self.line(f"disconnected: {role} ({error})")
 
         def connection_error(
-            sender: Manager, role: str, error: BaseException, attempt: int,
+            sender: Manager,
+            role: str,
+            error: BaseException,
+            attempt: int,
             delay: float | None,
         ) -> None:
             then = "giving up" if delay is None else f"retry in {delay:.2f}s"
@@ -66,7 +71,9 @@ def _throwaway_server(printer: Printer) -> Iterator[tuple[str, Any]]:
     try:
         cluster.start()
         dsn = cluster.create_user("demo", DEMO_PASSWORD, database="demo")
-        printer.line(f"server ready on 127.0.0.1:{cluster.port} (data in {cluster.base})")
+        printer.line(
+            f"server ready on 127.0.0.1:{cluster.port} (data in {cluster.base})"
+        )
         yield dsn, cluster
     finally:
         cluster.cleanup()
@@ -99,7 +106,9 @@ def _outage(manager: Manager, cluster: Any, printer: Printer) -> None:
     ready = time.monotonic()
     printer.line("server is accepting connections again")
     manager.wait_active(timeout=30)
-    printer.line(f"ACTIVE again {time.monotonic() - ready:.3f}s after the server was ready")
+    printer.line(
+        f"ACTIVE again {time.monotonic() - ready:.3f}s after the server was ready"
+    )
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -131,7 +140,9 @@ def demo(args: argparse.Namespace) -> int:
         finally:
             stopping = time.monotonic()
             manager.stop()
-            printer.line(f"manager stopped in {(time.monotonic() - stopping) * 1000:.1f} ms")
+            printer.line(
+                f"manager stopped in {(time.monotonic() - stopping) * 1000:.1f} ms"
+            )
         return 0
 
     try:

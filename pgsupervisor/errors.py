@@ -209,7 +209,9 @@ def classify(
             break
     if cls is None and sqlstate in _FATAL_SQLSTATES:
         cls = _FATAL_SQLSTATES[sqlstate]
-    if cls is None and isinstance(exc, psycopg.ProgrammingError | psycopg.NotSupportedError):
+    if cls is None and isinstance(
+        exc, psycopg.ProgrammingError | psycopg.NotSupportedError
+    ):
         cls = ConfigurationError
     if cls is not None and issubclass(cls, ConfigurationError):
         error: PgSupervisorError = cls(f"{prefix}{message} ({cls.hint})")

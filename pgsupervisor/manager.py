@@ -82,7 +82,9 @@ class Manager:
                 " pass replication=None to use the pools only"
             )
         if timeline is not None:
-            raise OptionError("timeline applies to replication only; pass timeline=None")
+            raise OptionError(
+                "timeline applies to replication only; pass timeline=None"
+            )
         self.stack_id = stack_id
         self.conninfo = ConnInfo(
             conninfo, show_sensitive=show_sensitive_data_on_connection_error
@@ -183,9 +185,7 @@ class Manager:
                 raise ManagerStopped("the manager is not started: call start() first")
             raise ManagerStopped("the manager was stopped")
 
-    def wait_status(
-        self, *statuses: Status, timeout: float | None = None
-    ) -> Status:
+    def wait_status(self, *statuses: Status, timeout: float | None = None) -> Status:
         """Block until the status is one of *statuses*, FAILED or STOPPED;
         return it. Raises `TimeoutError` after *timeout* seconds."""
         return self._status.wait_for(set(statuses), timeout)
@@ -204,7 +204,9 @@ class Manager:
             if thread.is_alive():
                 logger.warning(
                     "[%s] supervisor thread %r did not stop within %g s",
-                    self.stack_id, thread.name, timeout,
+                    self.stack_id,
+                    thread.name,
+                    timeout,
                 )
         for pool in self.pools:
             pool.close(timeout=max(0.1, deadline - self._clock()))
@@ -284,7 +286,9 @@ class Manager:
             event = self._next_event(deadline - self._clock())
             if event is None:
                 missing = {p.role: p.missing for p in self.pools if not p.is_full}
-                raise ConnectionFailed(f"timed out filling the pools: missing {missing}")
+                raise ConnectionFailed(
+                    f"timed out filling the pools: missing {missing}"
+                )
             if event.kind == "connect_failed":
                 raise _RoleError(event.pool.role, event.error or ConnectionFailed())
 
@@ -324,7 +328,9 @@ class Manager:
                 raise _RoleError(role, event.error or ConnectionFailed())
             logger.info(
                 "[%s] %s connection lost (%s); checking the server",
-                self.stack_id, role, self._redacted(event),
+                self.stack_id,
+                role,
+                self._redacted(event),
             )
             self._probe_server(min(opts.connect_timeout, opts.ping_timeout))
 
@@ -345,15 +351,22 @@ class Manager:
                 signals.send(signals.disconnected, self, role=pool.role, error=error)
             pool.invalidate()
         signals.send(
-            signals.connection_error, self,
-            role=role, error=error, attempt=attempt, delay=delay,
+            signals.connection_error,
+            self,
+            role=role,
+            error=error,
+            attempt=attempt,
+            delay=delay,
         )
         if delay is None:
             self._fail(error)
             return False
         logger.warning(
             "[%s] %s (attempt %d); retrying in %.2f s",
-            self.stack_id, error, attempt, delay,
+            self.stack_id,
+            error,
+            attempt,
+            delay,
         )
         self._set_status(Status.STARTING, f"retrying in {delay:.2f} s: {error}")
         self._wait(delay)

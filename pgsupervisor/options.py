@@ -28,9 +28,7 @@ class ConnInfo:
 
     __slots__ = ("_params", "show_sensitive")
 
-    def __init__(
-        self, value: str | Mapping[str, Any], *, show_sensitive: bool = False
-    ):
+    def __init__(self, value: str | Mapping[str, Any], *, show_sensitive: bool = False):
         self.show_sensitive = show_sensitive
         if isinstance(value, Mapping):
             params = {k: v for k, v in value.items() if v is not None}
@@ -73,7 +71,9 @@ class ConnInfo:
         """``user@host:port/dbname``: short enough for every log line."""
         p = self._params
         host = p.get("host") or p.get("hostaddr") or "localhost"
-        return f"{p.get('user', '')}@{host}:{p.get('port', '5432')}/{p.get('dbname', '')}"
+        return (
+            f"{p.get('user', '')}@{host}:{p.get('port', '5432')}/{p.get('dbname', '')}"
+        )
 
     def __repr__(self) -> str:
         return f"ConnInfo({self.masked()!r})"
@@ -82,12 +82,21 @@ class ConnInfo:
         return self.masked()
 
 
-def _number(owner: str, name: str, value: Any, *, integer: bool, minimum: float,
-            allow_none: bool = False) -> None:
+def _number(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    integer: bool,
+    minimum: float,
+    allow_none: bool = False,
+) -> None:
     if value is None and allow_none:
         return
     kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+    if isinstance(value, bool) or not isinstance(
+        value, int if integer else int | float
+    ):
         raise TypeError(f"{owner} option {name!r} must be {kind}, got {value!r}")
     if not (value >= minimum and math.isfinite(value)):
         raise OptionError(
@@ -103,7 +112,8 @@ def coerce(cls: type[T], value: T | Mapping[str, Any] | None, owner: str) -> T:
         return value
     if not isinstance(value, Mapping):
         raise TypeError(
-            f"{owner} options must be a dict or {cls.__name__}, got {type(value).__name__}"
+            f"{owner} options must be a dict or {cls.__name__},"
+            f" got {type(value).__name__}"
         )
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(value) - names)
@@ -148,10 +158,22 @@ class PoolOptions:
     def __post_init__(self) -> None:
         _number("pool", "size", self.size, integer=True, minimum=1)
         for name in ("admin_size", "snapshot_size"):
-            _number("pool", name, getattr(self, name), integer=True, minimum=1,
-                    allow_none=True)
-        for name in ("timeout", "connect_timeout", "idle_interval", "ping_timeout",
-                     "max_lifetime", "max_idle"):
+            _number(
+                "pool",
+                name,
+                getattr(self, name),
+                integer=True,
+                minimum=1,
+                allow_none=True,
+            )
+        for name in (
+            "timeout",
+            "connect_timeout",
+            "idle_interval",
+            "ping_timeout",
+            "max_lifetime",
+            "max_idle",
+        ):
             _number("pool", name, getattr(self, name), integer=False, minimum=0.001)
 
     @property

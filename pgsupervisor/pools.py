@@ -35,6 +35,8 @@ logger = logging.getLogger("pgsupervisor")
 
 Conn = psycopg.Connection[Any]
 
+_IDLE_SINCE = "_pgsupervisor_idle_since"
+
 
 @dataclass(frozen=True, slots=True)
 class PoolEvent:
@@ -191,7 +193,7 @@ class SupervisedPool(ConnectionPool[Conn]):
         dead ones. Returns the errors of the dead ones."""
         now = monotonic()
         with self._lock:
-            stale = [c for c in self._pool if now - c._pgs_idle_since >= idle_for]
+            stale = [c for c in self._pool if now - getattr(c, _IDLE_SINCE) >= idle_for]
             for conn in stale:
                 self._pool.remove(conn)
         errors = ping(stale, timeout)
@@ -240,7 +242,7 @@ class SupervisedPool(ConnectionPool[Conn]):
         self._on_event(PoolEvent("added", self))
 
     def _add_to_pool(self, conn: Conn) -> None:
-        conn._pgs_idle_since = monotonic()  # type: ignore[attr-defined]
+        setattr(conn, _IDLE_SINCE, monotonic())
         super()._add_to_pool(conn)
 
     def _get_ready_connection(self, timeout: float | None) -> Conn | None:

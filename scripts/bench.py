@@ -25,10 +25,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from psycopg_pool import ConnectionPool  # noqa: E402
+from psycopg_pool import ConnectionPool
 
-from pgsupervisor import Backoff, Manager, Status, signals  # noqa: E402
-from pgsupervisor.testing.cluster import Cluster  # noqa: E402
+from pgsupervisor import Backoff, Manager, Status, signals
+from pgsupervisor.testing.cluster import Cluster
 
 
 def checkout_cost(pool: ConnectionPool[Any], n: int) -> float:
@@ -75,21 +75,31 @@ def bench_pool(dsn: str, size: int, seconds: float, rounds: int) -> None:
             costs["raw"].append(checkout_cost(raw, 20000))
             costs["ours"].append(checkout_cost(manager.snapshot_pool, 20000))
         r, o = statistics.median(costs["raw"]), statistics.median(costs["ours"])
-        print(f"getconn + putconn, no query, 1 thread ({rounds} rounds, median µs):"
-              f" raw {r:.2f}, pgsupervisor {o:.2f}, ratio {o / r:.3f}")
-        print(f"\ncheckout + select 1 + return, pool of {size}, {rounds} alternating"
-              f" rounds of {seconds:g} s (ops/s, median [min-max])")
-        print(f"{'threads':>8} {'raw psycopg_pool':>26} {'pgsupervisor':>26} {'ratio':>7}")
+        print(
+            f"getconn + putconn, no query, 1 thread ({rounds} rounds, median µs):"
+            f" raw {r:.2f}, pgsupervisor {o:.2f}, ratio {o / r:.3f}"
+        )
+        print(
+            f"\ncheckout + select 1 + return, pool of {size}, {rounds} alternating"
+            f" rounds of {seconds:g} s (ops/s, median [min-max])"
+        )
+        print(
+            f"{'threads':>8} {'raw psycopg_pool':>26} {'pgsupervisor':>26} {'ratio':>7}"
+        )
         for threads in (1, 8):
             results: dict[str, list[float]] = {"raw": [], "ours": []}
             for _ in range(rounds):
                 results["raw"].append(throughput(raw, threads, seconds))
-                results["ours"].append(throughput(manager.snapshot_pool, threads, seconds))
+                results["ours"].append(
+                    throughput(manager.snapshot_pool, threads, seconds)
+                )
             cells = [
                 f"{statistics.median(v):,.0f} [{min(v):,.0f}-{max(v):,.0f}]"
                 for v in (results["raw"], results["ours"])
             ]
-            ratio = statistics.median(results["ours"]) / statistics.median(results["raw"])
+            ratio = statistics.median(results["ours"]) / statistics.median(
+                results["raw"]
+            )
             print(f"{threads:>8} {cells[0]:>26} {cells[1]:>26} {ratio:>7.3f}")
     finally:
         raw.close()
@@ -109,12 +119,21 @@ def _first_query(query: Callable[[], None], deadline: float) -> float:
 
 
 def bench_recovery(cluster: Cluster, dsn: str, size: int, outage: float) -> None:
-    raw = ConnectionPool(dsn, min_size=size, max_size=size, open=True, name="raw-check",
-                         check=ConnectionPool.check_connection, timeout=300)
+    raw = ConnectionPool(
+        dsn,
+        min_size=size,
+        max_size=size,
+        open=True,
+        name="raw-check",
+        check=ConnectionPool.check_connection,
+        timeout=300,
+    )
     raw.wait()
-    manager = Manager(dsn, pool={"snapshot_size": size, "admin_size": 1,
-                                 "idle_interval": 1.0},
-                      backoff=Backoff("rand_exp", min=0.1, max=1.0))
+    manager = Manager(
+        dsn,
+        pool={"snapshot_size": size, "admin_size": 1, "idle_interval": 1.0},
+        backoff=Backoff("rand_exp", min=0.1, max=1.0),
+    )
     manager.start()
     manager.wait_active(timeout=30)
 
@@ -147,8 +166,10 @@ def bench_recovery(cluster: Cluster, dsn: str, size: int, outage: float) -> None
     finally:
         raw.close()
         manager.stop()
-    print(f"\nrestart after a {outage:g} s outage, pool of {size} (seconds from"
-          " server ready)")
+    print(
+        f"\nrestart after a {outage:g} s outage, pool of {size} (seconds from"
+        " server ready)"
+    )
     print(f"  pgsupervisor ACTIVE again       {ours_active:8.3f}")
     print(f"  pgsupervisor first query served {ours_served:8.3f}")
     print(f"  raw psycopg_pool (check) served {raw_served:8.3f}")
@@ -156,15 +177,20 @@ def bench_recovery(cluster: Cluster, dsn: str, size: int, outage: float) -> None
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("what", choices=["pool"])
     parser.add_argument("--dsn", help="an existing server (skips the restart part)")
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--recovery-size", type=int, default=4,
-                        help="pool size for the restart comparison (a raw pool"
-                        " spends 2^n s on n stale connections)")
+    parser.add_argument(
+        "--recovery-size",
+        type=int,
+        default=4,
+        help="pool size for the restart comparison (a raw pool"
+        " spends 2^n s on n stale connections)",
+    )
     parser.add_argument("--size", type=int, default=8)
     parser.add_argument("--outage", type=float, default=3.0)
     args = parser.parse_args()

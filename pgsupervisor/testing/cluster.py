@@ -10,6 +10,7 @@ the whole server the way a crash would.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import logging
@@ -35,7 +36,11 @@ __all__ = ["Cluster", "ClusterError", "find_bindir", "free_port"]
 logger = logging.getLogger("pgsupervisor.testing")
 
 StopMode = Literal["smart", "fast", "immediate"]
-_STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+_STOP_SIGNALS = {
+    "smart": signal.SIGTERM,
+    "fast": signal.SIGINT,
+    "immediate": signal.SIGQUIT,
+}
 
 SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "postgres-superuser-pw"
@@ -81,7 +86,9 @@ def find_bindir() -> Path:
     candidates.extend(
         sorted(
             glob.glob("/usr/lib/postgresql/*/bin"),
-            key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+            key=lambda p: (
+                int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0
+            ),
             reverse=True,
         )
     )
@@ -150,10 +157,8 @@ def _usable_bindir(bindir: Path, user: pwd.struct_passwd | None) -> Path:
         for root, dirs, _ in os.walk(staging):
             for name in dirs:
                 Path(root, name).chmod(0o755)
-        try:
+        with contextlib.suppress(OSError):  # another process won the race
             tree.rename(cache)
-        except OSError:  # another process won the race
-            pass
         shutil.rmtree(staging, ignore_errors=True)
     return cache / relative_bin
 
@@ -171,7 +176,9 @@ class Cluster:
         template: Path | None = None,
     ):
         self._user = _server_user()
-        self.bindir = _usable_bindir(Path(bindir) if bindir else find_bindir(), self._user)
+        self.bindir = _usable_bindir(
+            Path(bindir) if bindir else find_bindir(), self._user
+        )
         self.port = port or free_port()
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self.base = Path(tempfile.mkdtemp(prefix="pgsupervisor-"))
@@ -187,7 +194,11 @@ class Cluster:
     def _as_server_user(self) -> dict[str, Any]:
         if self._user is None:
             return {}
-        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+        return {
+            "user": self._user.pw_uid,
+            "group": self._user.pw_gid,
+            "extra_groups": [],
+        }
 
     def _chown(self, path: Path) -> None:
         if self._user is not None:
@@ -211,10 +222,23 @@ class Cluster:
             pwfile.write_text(SUPERUSER_PASSWORD + "\n")
             self._chown(pwfile)
             result = subprocess.run(
-                [str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER,
-                 "--auth-local=trust", "--auth-host=scram-sha-256",
-                 f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"],
-                capture_output=True, text=True, check=False, **self._as_server_user(),
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    SUPERUSER,
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                **self._as_server_user(),
             )
             pwfile.unlink()
             if result.returncode != 0:
@@ -254,8 +278,11 @@ class Cluster:
         try:
             self._proc = subprocess.Popen(
                 [str(self.bindir / "postgres"), "-D", str(self.datadir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, **self._as_server_user(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **self._as_server_user(),
             )
         finally:
             log.close()
@@ -275,8 +302,10 @@ class Cluster:
                 lines = pidfile.read_text().splitlines()
             except FileNotFoundError:
                 lines = []
-            if len(lines) >= 8 and lines[0].strip() == str(self._proc.pid) and (
-                lines[7].strip() == "ready"
+            if (
+                len(lines) >= 8
+                and lines[0].strip() == str(self._proc.pid)
+                and (lines[7].strip() == "ready")
             ):
                 return
             pause.wait(0.01)
@@ -308,10 +337,8 @@ class Cluster:
         """SIGKILL the postmaster and every backend, like a crash."""
         if self._proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._proc.wait()
         self._proc = None
 
@@ -357,8 +384,12 @@ class Cluster:
     ) -> str:
         """A TCP conninfo (password authentication) for *user*."""
         return make_conninfo(
-            host="127.0.0.1", port=self.port, user=user, password=password,
-            dbname=dbname, **params,
+            host="127.0.0.1",
+            port=self.port,
+            user=user,
+            password=password,
+            dbname=dbname,
+            **params,
         )
 
     def admin_dsn(self, dbname: str = "postgres") -> str:
@@ -367,14 +398,20 @@ class Cluster:
             host=str(self.sockdir), port=self.port, user=SUPERUSER, dbname=dbname
         )
 
-    def execute(self, query: str, params: Any = None, *, dbname: str = "postgres") -> list[Any]:
+    def execute(
+        self, query: str, params: Any = None, *, dbname: str = "postgres"
+    ) -> list[Any]:
         """Run *query* as the superuser; return its rows (or [])."""
         with psycopg.connect(self.admin_dsn(dbname), autocommit=True) as conn:
-            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []
 
     def create_user(
-        self, name: str, password: str, *, replication: bool = False,
+        self,
+        name: str,
+        password: str,
+        *,
+        replication: bool = False,
         database: str | None = None,
     ) -> str:
         """Create a login role (and a database it owns); return its TCP DSN."""
@@ -383,7 +420,8 @@ class Cluster:
         with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
             conn.execute(
                 sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} {}").format(
-                    sql.Identifier(name), sql.Literal(password),
+                    sql.Identifier(name),
+                    sql.Literal(password),
                     sql.SQL("REPLICATION" if replication else "NOREPLICATION"),
                 )
             )
@@ -397,6 +435,8 @@ class Cluster:
 
     def log_tail(self, lines: int = 30) -> str:
         try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(
+                self.logfile.read_text(errors="replace").splitlines()[-lines:]
+            )
         except FileNotFoundError:
             return "(no log)"

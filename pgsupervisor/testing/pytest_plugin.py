@@ -34,10 +34,17 @@ APP_PASSWORD = "app-pw-4f1c9e"
 
 
 class Server(Protocol):
-    def dsn(self, user: str = ..., password: str | None = ..., dbname: str = ...,
-            **params: Any) -> str: ...
+    def dsn(
+        self,
+        user: str = ...,
+        password: str | None = ...,
+        dbname: str = ...,
+        **params: Any,
+    ) -> str: ...
 
-    def execute(self, query: str, params: Any = None, *, dbname: str = ...) -> list[Any]: ...
+    def execute(
+        self, query: str, params: Any = None, *, dbname: str = ...
+    ) -> list[Any]: ...
 
 
 class ExternalServer:
@@ -46,14 +53,21 @@ class ExternalServer:
     def __init__(self, dsn: str):
         self._params = conninfo_to_dict(dsn)
 
-    def dsn(self, user: str = "", password: str | None = None, dbname: str = "postgres",
-            **params: Any) -> str:
+    def dsn(
+        self,
+        user: str = "",
+        password: str | None = None,
+        dbname: str = "postgres",
+        **params: Any,
+    ) -> str:
         base = dict(self._params)
         if user:
             base.update(user=user, password=password)
         return make_conninfo(**{**base, "dbname": dbname, **params})
 
-    def execute(self, query: str, params: Any = None, *, dbname: str = "postgres") -> list[Any]:
+    def execute(
+        self, query: str, params: Any = None, *, dbname: str = "postgres"
+    ) -> list[Any]:
         with psycopg.connect(self.dsn(dbname=dbname), autocommit=True) as conn:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []
@@ -62,19 +76,24 @@ class ExternalServer:
 _counter = itertools.count(1)
 
 
-def create_app_role(server: Server, prefix: str = "app", *, replication: bool = False) -> str:
+def create_app_role(
+    server: Server, prefix: str = "app", *, replication: bool = False
+) -> str:
     """A fresh login role owning a fresh database; returns its TCP DSN."""
     name = f"{prefix}_{os.getpid()}_{next(_counter)}"
     server.execute(
-        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} {}").format(
-            sql.Identifier(name), sql.Literal(APP_PASSWORD),
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} {}")
+        .format(
+            sql.Identifier(name),
+            sql.Literal(APP_PASSWORD),
             sql.SQL("REPLICATION" if replication else "NOREPLICATION"),
-        ).as_string(None)
+        )
+        .as_string(None)
     )
     server.execute(
-        sql.SQL("CREATE DATABASE {} OWNER {}").format(
-            sql.Identifier(name), sql.Identifier(name)
-        ).as_string(None)
+        sql.SQL("CREATE DATABASE {} OWNER {}")
+        .format(sql.Identifier(name), sql.Identifier(name))
+        .as_string(None)
     )
     return server.dsn(name, APP_PASSWORD, name)
 
@@ -123,7 +142,9 @@ def pg_server(pg_template: Path) -> Iterator[Server]:
 def pg_cluster(pg_template: Path) -> Iterator[Cluster]:
     """A server of this test's own, which it may stop, kill and restart."""
     if os.environ.get("PGSUPERVISOR_TEST_DSN"):
-        pytest.skip("needs a throw-away server it can restart (PGSUPERVISOR_TEST_DSN set)")
+        pytest.skip(
+            "needs a throw-away server it can restart (PGSUPERVISOR_TEST_DSN set)"
+        )
     with Cluster(template=pg_template) as cluster:
         yield cluster
 

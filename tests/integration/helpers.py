@@ -21,10 +21,12 @@ class Recorder:
         self._cond = threading.Condition()
         self._receivers = []
         for name in self.NAMES:
+
             def receiver(sender: Any, _name: str = name, **kw: Any) -> None:
                 with self._cond:
                     self.events.append((_name, kw))
                     self._cond.notify_all()
+
             self._receivers.append(receiver)
             getattr(signals, name).connect(receiver, sender=manager)
 
@@ -32,11 +34,17 @@ class Recorder:
         with self._cond:
             return [kw for n, kw in self.events if n == name]
 
-    def wait_for(self, name: str, count: int = 1, timeout: float = 10.0, **match: Any) -> None:
+    def wait_for(
+        self, name: str, count: int = 1, timeout: float = 10.0, **match: Any
+    ) -> None:
         def enough() -> bool:
-            found = [kw for n, kw in self.events if n == name
-                     and all(kw.get(k) == v for k, v in match.items())]
+            found = [
+                kw
+                for n, kw in self.events
+                if n == name and all(kw.get(k) == v for k, v in match.items())
+            ]
             return len(found) >= count
+
         with self._cond:
             assert self._cond.wait_for(enough, timeout), (
                 f"no {count}x {name} {match} within {timeout} s: {self.events}"

@@ -35,7 +35,9 @@ def all_checkouts_succeed(manager: Manager) -> None:
 def test_outage_noticed_without_traffic_then_recovered(
     pg_cluster: Cluster, cluster_app_dsn: str, outage: str
 ) -> None:
-    manager = Manager(cluster_app_dsn, pool={"size": 6, "idle_interval": 0.2}, backoff=FAST)
+    manager = Manager(
+        cluster_app_dsn, pool={"size": 6, "idle_interval": 0.2}, backoff=FAST
+    )
     rec = Recorder(manager)
     with running(manager):
         manager.wait_active(timeout=10)
@@ -58,7 +60,9 @@ def test_restart_between_pings_hands_out_no_dead_connection(
 ) -> None:
     # A long idle_interval: the restart happens between two pings, so only the
     # checkout-time check stands between the caller and a dead connection.
-    manager = Manager(cluster_app_dsn, pool={"size": 5, "idle_interval": 60}, backoff=FAST)
+    manager = Manager(
+        cluster_app_dsn, pool={"size": 5, "idle_interval": 60}, backoff=FAST
+    )
     with running(manager):
         manager.wait_active(timeout=10)
         pg_cluster.restart("fast")
@@ -69,7 +73,9 @@ def test_restart_between_pings_hands_out_no_dead_connection(
 def test_checked_out_connection_is_replaced_on_return(
     pg_cluster: Cluster, cluster_app_dsn: str
 ) -> None:
-    manager = Manager(cluster_app_dsn, pool={"size": 3, "idle_interval": 0.2}, backoff=FAST)
+    manager = Manager(
+        cluster_app_dsn, pool={"size": 3, "idle_interval": 0.2}, backoff=FAST
+    )
     rec = Recorder(manager)
     with running(manager):
         manager.wait_active(timeout=10)
@@ -89,14 +95,21 @@ def test_unreachable_server_retries_with_growing_delays_then_connects(
     cluster.init()
     try:
         dsn = cluster.dsn()
-        manager = Manager(dsn, pool={"size": 2}, backoff=Backoff("exp", min=0.05, max=0.4))
+        manager = Manager(
+            dsn, pool={"size": 2}, backoff=Backoff("exp", min=0.05, max=0.4)
+        )
         rec = Recorder(manager)
         with running(manager):
             rec.wait_for("connection_error", count=4, timeout=10)
             assert manager.status is Status.STARTING
             delays = [e["delay"] for e in rec.of("connection_error")][:4]
             assert delays == [0.05, 0.1, 0.2, 0.4]
-            assert [e["attempt"] for e in rec.of("connection_error")][:4] == [1, 2, 3, 4]
+            assert [e["attempt"] for e in rec.of("connection_error")][:4] == [
+                1,
+                2,
+                3,
+                4,
+            ]
             cluster.start()
             manager.wait_active(timeout=5)
             all_checkouts_succeed(manager)
@@ -122,14 +135,18 @@ def test_stop_during_a_long_backoff_is_prompt(no_thread_leak: None) -> None:
 def test_terminated_backend_is_replaced_and_status_stays_active(
     pg_cluster: Cluster, cluster_app_dsn: str
 ) -> None:
-    manager = Manager(cluster_app_dsn, pool={"size": 4, "idle_interval": 0.1}, backoff=FAST)
+    manager = Manager(
+        cluster_app_dsn, pool={"size": 4, "idle_interval": 0.1}, backoff=FAST
+    )
     rec = Recorder(manager)
     user = manager.conninfo.params["user"]
     with running(manager):
         manager.wait_active(timeout=10)
         pg_cluster.execute(
             "select pg_terminate_backend(pid) from pg_stat_activity where usename = %s"
-            " limit 1", (user,))
+            " limit 1",
+            (user,),
+        )
         rec.wait_for("disconnected", timeout=5)
         rec.wait_for("connected", count=3, timeout=5)
         assert manager.status is Status.ACTIVE

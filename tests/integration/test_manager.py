@@ -48,10 +48,12 @@ def test_all_pool_connections_are_open_on_the_server(
     with running(manager):
         manager.wait_active(timeout=10)
         count = pg_server.execute(
-            "select count(*) from pg_stat_activity where usename = %s", (user,))
+            "select count(*) from pg_stat_activity where usename = %s", (user,)
+        )
         assert count == [(8,)]
     after = pg_server.execute(
-        "select count(*) from pg_stat_activity where usename = %s", (user,))
+        "select count(*) from pg_stat_activity where usename = %s", (user,)
+    )
     assert after == [(0,)], "stop() left server sessions behind"
 
 
@@ -76,9 +78,13 @@ def test_wait_active_before_start_and_after_stop(app_dsn: str) -> None:
         manager.start()
 
 
-def test_stop_is_idempotent_and_wakes_waiters(app_dsn: str, no_thread_leak: None) -> None:
-    manager = Manager("host=127.0.0.1 port=1 user=x dbname=x connect_timeout=1",
-                      backoff=Backoff("exp", min=30, max=60))
+def test_stop_is_idempotent_and_wakes_waiters(
+    app_dsn: str, no_thread_leak: None
+) -> None:
+    manager = Manager(
+        "host=127.0.0.1 port=1 user=x dbname=x connect_timeout=1",
+        backoff=Backoff("exp", min=30, max=60),
+    )
     manager.start()
     outcome: list[BaseException] = []
 

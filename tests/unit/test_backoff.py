@@ -51,7 +51,12 @@ def test_rand_exp_bounds_follow_dbconnection() -> None:
     # lower = max(min, max/3) = 10; each draw in [min(prev, lower), min(3 prev, max)]
     source = Bounds("hi")
     assert delays(Backoff("rand_exp", min=1, max=30, random=source), 6) == [
-        3, 9, 27, 30, 30, 30
+        3,
+        9,
+        27,
+        30,
+        30,
+        30,
     ]
     assert source.calls == [(1, 3), (3, 9), (9, 27), (10, 30), (10, 30), (10, 30)]
 
@@ -94,7 +99,9 @@ def test_defaults_and_lone_bounds() -> None:
     ],
 )
 def test_invalid_backoff_names_the_problem(kwargs: dict, message: str) -> None:
-    with pytest.raises(OptionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        OptionError, match=message.replace("(", r"\(").replace(")", r"\)")
+    ):
         Backoff(**kwargs)
 
 

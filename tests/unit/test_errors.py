@@ -29,11 +29,16 @@ PREFIX = 'connection failed: connection to server at "127.0.0.1", port 5432 fail
         ("fe_sendauth: no password supplied", AuthenticationFailed),
         ('FATAL:  database "nope" does not exist', DatabaseNotFound),
         ('FATAL:  role "ghost" does not exist', RoleNotFound),
-        ('FATAL:  no pg_hba.conf entry for host "127.0.0.1", user "a", database "b", SSL off',
-         AccessRejected),
+        (
+            'FATAL:  no pg_hba.conf entry for host "127.0.0.1", user "a",'
+            ' database "b", SSL off',
+            AccessRejected,
+        ),
         ("server does not support SSL, but SSL was required", SSLFailed),
-        ("FATAL:  must be superuser or replication role to start walsender",
-         InsufficientPrivilege),
+        (
+            "FATAL:  must be superuser or replication role to start walsender",
+            InsufficientPrivilege,
+        ),
         ('FATAL:  role "app" is not permitted to log in', AccessRejected),
     ],
 )
@@ -45,14 +50,16 @@ def test_fatal_connect_errors(message: str, cls: type) -> None:
 
 
 def test_unknown_host_is_fatal() -> None:
-    exc = psycopg.OperationalError("failed to resolve host 'nosuch.invalid': Name or service not known")
+    exc = psycopg.OperationalError(
+        "failed to resolve host 'nosuch.invalid': Name or service not known"
+    )
     assert isinstance(classify(exc), UnknownHost)
 
 
 @pytest.mark.parametrize(
     "message",
     [
-        "Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?",
+        "Connection refused\n\tIs the server running on that host?",
         "server closed the connection unexpectedly",
         "FATAL:  the database system is starting up",
         "FATAL:  the database system is shutting down",
@@ -74,8 +81,10 @@ def test_sqlstate_alone_decides_when_the_message_is_unknown() -> None:
 
 
 def test_context_prefix_and_single_line() -> None:
-    error = classify(psycopg.OperationalError(PREFIX + "Connection refused\n\tIs the server"),
-                     context="admin connection to app@h:1/db")
+    error = classify(
+        psycopg.OperationalError(PREFIX + "Connection refused\n\tIs the server"),
+        context="admin connection to app@h:1/db",
+    )
     assert str(error).startswith("admin connection to app@h:1/db: connection to server")
     assert "\n" not in str(error)
 

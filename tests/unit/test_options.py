@@ -21,7 +21,8 @@ def test_electric_pool_split(size: int, expected: tuple[int, int]) -> None:
 def test_per_pool_override() -> None:
     assert PoolOptions(size=20, admin_size=2).sizes == {"admin": 2, "snapshot": 16}
     assert Manager(DSN, pool={"size": 8, "snapshot_size": 3}).pool_sizes == {
-        "admin": 2, "snapshot": 3
+        "admin": 2,
+        "snapshot": 3,
     }
 
 
@@ -37,7 +38,9 @@ def test_per_pool_override() -> None:
         ("big", TypeError, "pool options must be a dict"),
     ],
 )
-def test_bad_pool_options_name_the_option(pool: object, exc: type, message: str) -> None:
+def test_bad_pool_options_name_the_option(
+    pool: object, exc: type, message: str
+) -> None:
     with pytest.raises(exc, match=message):
         Manager(DSN, pool=pool)  # type: ignore[arg-type]
 
@@ -53,7 +56,11 @@ def test_bad_manager_arguments() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["host=db password hunter2", "postgresql://app:hun ter2@db/app", "host=db sslmode=bogus x=hunter2"],
+    [
+        "host=db password hunter2",
+        "postgresql://app:hun ter2@db/app",
+        "host=db sslmode=bogus x=hunter2",
+    ],
 )
 def test_malformed_dsn_error_hides_the_password(bad: str) -> None:
     with pytest.raises(OptionError, match="invalid conninfo") as info:
@@ -65,8 +72,15 @@ def test_malformed_dsn_error_hides_the_password(bad: str) -> None:
 def test_conninfo_forms_are_equivalent_and_masked() -> None:
     uri = ConnInfo(DSN)
     kv = ConnInfo("host=db.example port=5433 user=app password=hunter2 dbname=appdb")
-    mapping = ConnInfo({"host": "db.example", "port": 5433, "user": "app",
-                        "password": "hunter2", "dbname": "appdb"})
+    mapping = ConnInfo(
+        {
+            "host": "db.example",
+            "port": 5433,
+            "user": "app",
+            "password": "hunter2",
+            "dbname": "appdb",
+        }
+    )
     assert uri.params == kv.params == mapping.params
     for info in (uri, kv, mapping):
         assert "hunter2" not in repr(info) + str(info) + info.describe()

@@ -19,7 +19,13 @@ class FakeClock:
 
 
 def test_values_are_stable_lowercase_strings() -> None:
-    assert [s.value for s in Status] == ["stopped", "starting", "waiting", "active", "failed"]
+    assert [s.value for s in Status] == [
+        "stopped",
+        "starting",
+        "waiting",
+        "active",
+        "failed",
+    ]
     assert Status("active") is Status.ACTIVE
 
 
@@ -57,7 +63,9 @@ def test_wait_times_out_with_the_status_and_reason() -> None:
         return original(0)
 
     m.changed.wait = advancing_wait  # type: ignore[method-assign]
-    with pytest.raises(TimeoutError, match="still 'starting' after 1 s \\(connecting\\)"):
+    with pytest.raises(
+        TimeoutError, match="still 'starting' after 1 s \\(connecting\\)"
+    ):
         m.wait_for({Status.ACTIVE}, timeout=1)
 
 
