@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from . import signals
 from .backoff import Backoff
-from .errors import PgSupervisorError
+from .errors import OptionError, PgSupervisorError
 from .manager import Manager
 from .status import Status
 
@@ -150,6 +150,8 @@ def demo(args: argparse.Namespace) -> int:
             return run(args.dsn, None)
         with _throwaway_server(printer) as (dsn, cluster):
             return run(dsn, cluster)
+    except OptionError:
+        raise  # a usage error: main() reports it with exit code 2
     except PgSupervisorError as exc:
         printer.line(f"error: {exc}")
         return 1

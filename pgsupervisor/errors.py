@@ -224,6 +224,17 @@ def classify(
     return error
 
 
+_FULL = re.compile(
+    r"too many clients|remaining connection slots|too many connections", re.IGNORECASE
+)
+
+
+def is_server_full(error: BaseException) -> bool:
+    """True when the server answered but has no connection slot to spare:
+    our open connections are still good and must not be dropped."""
+    return bool(_FULL.search(str(error)))
+
+
 def is_fatal(error: BaseException) -> bool:
     """True when retrying cannot fix *error*."""
     return isinstance(error, ConfigurationError)

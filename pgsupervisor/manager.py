@@ -27,6 +27,7 @@ from .errors import (
     PgSupervisorError,
     classify,
     is_fatal,
+    is_server_full,
 )
 from .options import ConnInfo, PoolOptions, coerce
 from .pools import PoolEvent, SupervisedPool
@@ -44,12 +45,14 @@ class _Stopping(Exception):
 
 
 class _RoleError(Exception):
-    """A failure of one role's connection, on its way to classify()."""
+    """A failure of one role's connection, on its way to classify();
+    *server_down* when the server itself did not answer."""
 
-    def __init__(self, role: str, error: BaseException):
+    def __init__(self, role: str, error: BaseException, *, server_down: bool = False):
         super().__init__(role, error)
         self.role = role
         self.error = error
+        self.server_down = server_down
 
 
 class Manager:
@@ -113,6 +116,7 @@ class Manager:
         # Roles whose pool has all its connections; supervisor thread only.
         self._up: set[str] = set()
 
+        self._server_seen_at = 0.0  # last successful probe, supervisor only
         self.pg_version: int | None = None
         self.system_identifier: int | None = None
         self.timeline_id: int | None = None
@@ -275,7 +279,8 @@ class Manager:
                 if row:
                     self.system_identifier, self.timeline_id = row
         except psycopg.Error as exc:
-            raise _RoleError("admin", exc) from None
+            raise _RoleError("admin", exc, server_down=not is_server_full(exc)) from None
+        self._server_seen_at = self._clock()
 
     def _fill_pools(self) -> None:
         """Ask both pools for their missing connections; return when all are up."""
@@ -290,6 +295,9 @@ class Manager:
                     f"timed out filling the pools: missing {missing}"
                 )
             if event.kind == "connect_failed":
+                if event.started < self._server_seen_at:
+                    event.pool.refill()  # began before the server was back
+                    continue
                 raise _RoleError(event.pool.role, event.error or ConnectionFailed())
 
     def _become_active(self) -> None:
@@ -338,6 +346,7 @@ class Manager:
         """Classify *exc*; back off and return True to retry, or fail."""
         role = exc.role if isinstance(exc, _RoleError) else "admin"
         cause = exc.error if isinstance(exc, _RoleError) else exc
+        server_down = isinstance(exc, _RoleError) and exc.server_down
         error = classify(
             cause,
             context=f"{role} connection to {self._where}",
@@ -349,7 +358,8 @@ class Manager:
             if pool.role in self._up:
                 self._up.discard(pool.role)
                 signals.send(signals.disconnected, self, role=pool.role, error=error)
-            pool.invalidate()
+            if server_down:
+                pool.invalidate()
         signals.send(
             signals.connection_error,
             self,

@@ -46,6 +46,7 @@ class PoolEvent:
     kind: str  # "added" | "connect_failed" | "lost"
     pool: SupervisedPool
     error: BaseException | None = None
+    started: float = 0.0  # monotonic time the connection attempt began
 
 
 def _finish(pgconn: pq.abc.PGconn) -> None:
@@ -222,6 +223,7 @@ class SupervisedPool(ConnectionPool[Conn]):
     def _add_connection(
         self, attempt: AttemptWithBackoff | None, growing: bool = False
     ) -> None:
+        started = monotonic()
         try:
             conn = self._connect()
         except Exception as exc:
@@ -231,7 +233,7 @@ class SupervisedPool(ConnectionPool[Conn]):
             if growing:
                 with self._lock:
                     self._growing = False
-            self._on_event(PoolEvent("connect_failed", self, exc))
+            self._on_event(PoolEvent("connect_failed", self, exc, started))
             return
         self._add_to_pool(conn)
         with self._counts_lock:
