@@ -279,7 +279,9 @@ class Manager:
                 if row:
                     self.system_identifier, self.timeline_id = row
         except psycopg.Error as exc:
-            raise _RoleError("admin", exc, server_down=not is_server_full(exc)) from None
+            raise _RoleError(
+                "admin", exc, server_down=not is_server_full(exc)
+            ) from None
         self._server_seen_at = self._clock()
 
     def _fill_pools(self) -> None:
