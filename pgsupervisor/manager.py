@@ -1,9 +1,11 @@
 """The Manager: the public facade and the supervisor loop it runs.
 
 The supervisor thread is the only one that changes the status after
-``start()``. It runs the steps (probe the server, fill the pools, watch them)
-and waits on one queue fed by the pools' events and by ``stop()``. Any failure
-is classified: fatal → FAILED; retryable → back off, then start over.
+``start()``. It runs the steps (probe the server, fill the pools, start the
+replication stream, watch) and waits on one queue fed by the pools, the
+stream and ``stop()``. A failure of the pools or the server is classified:
+fatal → FAILED; retryable → back off, then start over. A failure of the
+stream alone restarts only the stream, with its own backoff.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import psycopg
+from psycopg_pool import PoolTimeout
 
 from . import signals
 from .backoff import Backoff, Retry
@@ -29,15 +32,26 @@ from .errors import (
     is_fatal,
     is_server_full,
 )
-from .options import ConnInfo, PoolOptions, coerce
+from .options import (
+    ConnInfo,
+    PoolOptions,
+    ReplicationOptions,
+    TimelineOptions,
+    coerce,
+    coerce_replication,
+)
 from .pools import PoolEvent, SupervisedPool
+from .replication import slot
+from .replication.stream import Progress, ReplicationStream, StreamEvent
 from .status import Status, StatusMachine
+from .timeline import make_store
 
 __all__ = ["Manager"]
 
 logger = logging.getLogger("pgsupervisor")
 
 _STOP: Final = object()
+_NEVER: Final = float("inf")
 
 
 class _Stopping(Exception):
@@ -56,11 +70,13 @@ class _RoleError(Exception):
 
 
 class Manager:
-    """Keeps a process's PostgreSQL connections alive.
+    """Keeps a process's PostgreSQL connections alive and its change stream
+    flowing.
 
     ``start()`` returns at once; a supervisor thread connects, fills the admin
-    and snapshot pools, pings idle connections every ``idle_interval`` and
-    reconnects with backoff. ``wait_active()`` blocks until it is ready.
+    and snapshot pools, starts the replication stream when ``replication`` is
+    given, pings idle connections every ``idle_interval`` and reconnects with
+    backoff. ``wait_active()`` blocks until it is ready.
     """
 
     def __init__(
@@ -68,10 +84,10 @@ class Manager:
         conninfo: str | Mapping[str, Any],
         *,
         stack_id: str = "default",
-        replication: Mapping[str, Any] | None = None,
+        replication: ReplicationOptions | Mapping[str, Any] | None = None,
         pool: PoolOptions | Mapping[str, Any] | None = None,
         backoff: Backoff | Mapping[str, Any] | None = None,
-        timeline: Mapping[str, Any] | None = None,
+        timeline: TimelineOptions | Mapping[str, Any] | None = None,
         show_sensitive_data_on_connection_error: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -79,20 +95,13 @@ class Manager:
             raise OptionError(f"stack_id must be a non-empty string, got {stack_id!r}")
         if not isinstance(show_sensitive_data_on_connection_error, bool):
             raise TypeError("show_sensitive_data_on_connection_error must be a bool")
-        if replication is not None:
-            raise OptionError(
-                "replication is not available in this version of pgsupervisor;"
-                " pass replication=None to use the pools only"
-            )
-        if timeline is not None:
-            raise OptionError(
-                "timeline applies to replication only; pass timeline=None"
-            )
         self.stack_id = stack_id
         self.conninfo = ConnInfo(
             conninfo, show_sensitive=show_sensitive_data_on_connection_error
         )
         self.pool_options = coerce(PoolOptions, pool, "pool")
+        self.replication = coerce_replication(replication)
+        self.timeline_options = coerce(TimelineOptions, timeline, "timeline")
         if backoff is None:
             backoff = Backoff()
         elif isinstance(backoff, Mapping):
@@ -108,21 +117,31 @@ class Manager:
         )
 
         self._status = StatusMachine(clock)
-        self._events: queue.SimpleQueue[PoolEvent | object] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[PoolEvent | StreamEvent | object] = (
+            queue.SimpleQueue()
+        )
         self._lifecycle = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._retry: Retry = self.backoff.start()
-        # Roles whose pool has all its connections; supervisor thread only.
-        self._up: set[str] = set()
+        self._drop_slot = False
 
-        self._server_seen_at = 0.0  # last successful probe, supervisor only
+        # Supervisor thread only, from here to the end of __init__.
+        self._retry: Retry = self.backoff.start()
+        self._up: set[str] = set()  # roles with all their connections
+        self._server_seen_at = 0.0  # last successful probe
+        self._stream: ReplicationStream | None = None
+        self._stream_retry: Retry = self.backoff.start()
+        self._stream_restart_at = _NEVER
+        self._lock_waiting = False
+        self._lock_suspect: tuple[int, float] | None = None  # (holder pid, since)
+        self._publication_created = False
+        self._progress = Progress()
+
         self.pg_version: int | None = None
         self.system_identifier: int | None = None
         self.timeline_id: int | None = None
 
-        opts = self.pool_options
-        self.pool_sizes: dict[str, int] = opts.sizes
+        self.pool_sizes: dict[str, int] = self.pool_options.sizes
         self.admin_pool = self._make_pool("admin")
         self.snapshot_pool = self._make_pool("snapshot")
 
@@ -160,6 +179,11 @@ class Manager:
         """Why the status last changed (for health endpoints and logs)."""
         return self._status.reason
 
+    @property
+    def delivered_lsn(self) -> int:
+        """End LSN of the last transaction every receiver returned for."""
+        return self._progress.delivered_lsn
+
     def start(self) -> Manager:
         """Start the supervisor thread and return at once."""
         with self._lifecycle:
@@ -194,8 +218,14 @@ class Manager:
         return it. Raises `TimeoutError` after *timeout* seconds."""
         return self._status.wait_for(set(statuses), timeout)
 
+    def drop_replication_slot_on_stop(self) -> None:
+        """Have ``stop()`` drop the slot, and the publication if this manager
+        created it, once the stream has ended (Electric's order)."""
+        self._drop_slot = True
+
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the supervisor, close the pools, join every thread; idempotent."""
+        """Stop the stream and the supervisor, close the pools, join every
+        thread; idempotent."""
         deadline = self._clock() + timeout
         with self._lifecycle:
             first = not self._stopping.is_set()
@@ -237,24 +267,29 @@ class Manager:
     # --- the supervisor loop -------------------------------------------------
 
     def _run(self) -> None:
+        failure: Exception | None = None
         try:
             while True:
                 try:
+                    if failure is not None:
+                        pending, failure = failure, None
+                        if not self._recover(pending):
+                            return
                     self._probe_server(self.pool_options.connect_timeout)
                     self._fill_pools()
-                    self._become_active()
+                    self._pools_up()
                     self._watch()
                 except _Stopping:
                     raise
                 except Exception as exc:
-                    if not self._recover(exc):
-                        return
+                    failure = exc
         except _Stopping:
             return
         except Exception as exc:  # a bug: say so, never die silently
             logger.exception("[%s] supervisor crashed", self.stack_id)
             self._fail(exc)
         finally:
+            self._stop_stream(final=True)
             if self.status is Status.FAILED:
                 for pool in self.pools:
                     pool.close(timeout=1.0)
@@ -279,9 +314,8 @@ class Manager:
                 if row:
                     self.system_identifier, self.timeline_id = row
         except psycopg.Error as exc:
-            raise _RoleError(
-                "admin", exc, server_down=not is_server_full(exc)
-            ) from None
+            down = not is_server_full(exc)
+            raise _RoleError("admin", exc, server_down=down) from None
         self._server_seen_at = self._clock()
 
     def _fill_pools(self) -> None:
@@ -296,56 +330,88 @@ class Manager:
                 raise ConnectionFailed(
                     f"timed out filling the pools: missing {missing}"
                 )
-            if event.kind == "connect_failed":
+            if isinstance(event, StreamEvent):
+                self._on_stream_event(event)
+            elif event.kind == "connect_failed":
                 if event.started < self._server_seen_at:
                     event.pool.refill()  # began before the server was back
                     continue
                 raise _RoleError(event.pool.role, event.error or ConnectionFailed())
 
-    def _become_active(self) -> None:
+    def _pools_up(self) -> None:
         self._retry.succeeded(self._clock())
         for pool in self.pools:
             if pool.role not in self._up:
                 self._up.add(pool.role)
                 signals.send(signals.connected, self, role=pool.role)
-        sizes = ", ".join(f"{r} {n}" for r, n in self.pool_sizes.items())
-        self._set_status(Status.ACTIVE, f"connected to {self._where} ({sizes})")
+        if self.replication is not None and self._stream is None:
+            self._start_stream()
+        self._refresh_status()
 
     def _watch(self) -> None:
-        """While ACTIVE: ping idle connections every ``idle_interval``; a lost
-        connection is replaced if the server still answers, else raise."""
+        """Run until a pool fails: ping idle connections every ``idle_interval``,
+        handle the stream's events and timers, replace lost connections while
+        the server still answers."""
         opts = self.pool_options
         next_ping = self._clock() + opts.idle_interval
+        next_lag = next_lock_check = self._clock()
         while True:
-            event = self._next_event(next_ping - self._clock())
-            if event is None:
+            now = self._clock()
+            if now >= next_ping:
                 for pool in self.pools:
                     pool.ping_idle(opts.idle_interval, opts.ping_timeout)
                 next_ping = self._clock() + opts.idle_interval
+            if now >= self._stream_restart_at:
+                self._stream_restart_at = _NEVER
+                self._start_stream()
+                self._refresh_status()
+            replication = self.replication
+            wake = min(next_ping, self._stream_restart_at)
+            if replication is not None and self._lock_waiting:
+                if now >= next_lock_check:
+                    self._check_lock_holder()
+                    next_lock_check = now + replication.lock_grace / 4
+                wake = min(wake, next_lock_check)
+            if replication is not None and self._stream and self._stream.streaming:
+                if now >= next_lag:
+                    self._send_lag()
+                    next_lag = now + replication.lag_interval
+                wake = min(wake, next_lag)
+            event = self._next_event(wake - self._clock())
+            if event is None:
                 continue
-            role = event.pool.role
-            if event.kind == "added":
-                if role not in self._up and event.pool.is_full:
-                    self._up.add(role)
-                    signals.send(signals.connected, self, role=role)
+            if isinstance(event, StreamEvent):
+                self._on_stream_event(event)
                 continue
-            if role in self._up:
-                self._up.discard(role)
-                signals.send(
-                    signals.disconnected, self, role=role, error=self._redacted(event)
-                )
-            if event.kind == "connect_failed":
-                raise _RoleError(role, event.error or ConnectionFailed())
-            logger.info(
-                "[%s] %s connection lost (%s); checking the server",
-                self.stack_id,
-                role,
-                self._redacted(event),
+            self._on_pool_event(event)
+
+    def _on_pool_event(self, event: PoolEvent) -> None:
+        role = event.pool.role
+        if event.kind == "added":
+            if role not in self._up and event.pool.is_full:
+                self._up.add(role)
+                signals.send(signals.connected, self, role=role)
+                self._refresh_status()
+            return
+        if role in self._up:
+            self._up.discard(role)
+            signals.send(
+                signals.disconnected, self, role=role, error=self._redacted(event)
             )
-            self._probe_server(min(opts.connect_timeout, opts.ping_timeout))
+        if event.kind == "connect_failed":
+            raise _RoleError(role, event.error or ConnectionFailed())
+        logger.info(
+            "[%s] %s connection lost (%s); checking the server",
+            self.stack_id,
+            role,
+            self._redacted(event),
+        )
+        opts = self.pool_options
+        self._probe_server(min(opts.connect_timeout, opts.ping_timeout))
 
     def _recover(self, exc: Exception) -> bool:
-        """Classify *exc*; back off and return True to retry, or fail."""
+        """Classify a pool or server failure; back off and return True to
+        retry, or fail."""
         role = exc.role if isinstance(exc, _RoleError) else "admin"
         cause = exc.error if isinstance(exc, _RoleError) else exc
         server_down = isinstance(exc, _RoleError) and exc.server_down
@@ -362,6 +428,8 @@ class Manager:
                 signals.send(signals.disconnected, self, role=pool.role, error=error)
             if server_down:
                 pool.invalidate()
+        if server_down or delay is None:
+            self._stop_stream(final=delay is None)
         signals.send(
             signals.connection_error,
             self,
@@ -384,6 +452,190 @@ class Manager:
         self._wait(delay)
         return True
 
+    # --- the replication stream --------------------------------------------------
+
+    def _start_stream(self) -> None:
+        assert self.replication is not None
+        self._stream = ReplicationStream(
+            sender=self,
+            conninfo=self.conninfo.connect_string(),
+            options=self.replication,
+            admin_pool=self.admin_pool,
+            on_event=self._events.put,
+            progress=self._progress,
+            timeline_store=make_store(self.timeline_options),
+            stack_id=self.stack_id,
+            connect_timeout=self.pool_options.connect_timeout,
+        )
+        self._stream.start()
+
+    def _stop_stream(self, *, final: bool = False) -> None:
+        """Stop the stream; on the final stop, drop the slot if asked."""
+        stream, self._stream = self._stream, None
+        self._stream_restart_at = _NEVER
+        self._set_lock_waiting(False)
+        drop = final and self._drop_slot and self.replication is not None
+        if stream is not None:
+            stream.stop(drop_slot=drop)
+            if stream.publication_created:
+                self._publication_created = True
+            if stream.streaming:
+                signals.send(signals.disconnected, self, role="replication", error=None)
+        if drop:
+            self._drop_publication()
+
+    def _drop_publication(self) -> None:
+        assert self.replication is not None
+        if not self._publication_created:
+            return
+        try:
+            with self.admin_pool.connection(timeout=5) as admin:
+                slot.drop_publication(admin, self.replication.publication)
+        except (psycopg.Error, PoolTimeout) as exc:
+            logger.warning(
+                "[%s] could not drop the publication: %s", self.stack_id, exc
+            )
+
+    def _on_stream_event(self, event: StreamEvent) -> None:
+        if event.stream is not self._stream:
+            return  # from a stream already stopped
+        assert self.replication is not None
+        slot_name = self.replication.slot_name
+        if event.kind == "waiting":
+            self._set_lock_waiting(True)
+            signals.send(signals.lock_waiting, self, slot_name=slot_name)
+        elif event.kind == "lock_acquired":
+            self._set_lock_waiting(False)
+            signals.send(signals.lock_acquired, self, slot_name=slot_name)
+        elif event.kind == "streaming":
+            self._stream_retry.succeeded(self._clock())
+            signals.send(signals.connected, self, role="replication")
+        elif event.kind == "failed":
+            self._stream_failed(event.error or ConnectionFailed("the stream failed"))
+        self._refresh_status()
+
+    def _stream_failed(self, cause: BaseException) -> None:
+        stream, self._stream = self._stream, None
+        assert stream is not None
+        stream.stop()
+        self._set_lock_waiting(False)
+        error = classify(
+            cause,
+            context=f"replication connection to {self._where}",
+            secrets=self.conninfo.secrets,
+        )
+        if stream.streaming:
+            signals.send(signals.disconnected, self, role="replication", error=error)
+        if is_fatal(error):
+            raise _RoleError("replication", error)
+        delay = self._stream_retry.failed(self._clock())
+        attempt = self._stream_retry.attempt
+        signals.send(
+            signals.connection_error,
+            self,
+            role="replication",
+            error=error,
+            attempt=attempt,
+            delay=delay,
+        )
+        if delay is None:
+            raise _RoleError("replication", error)
+        logger.warning(
+            "[%s] %s (attempt %d); restarting the stream in %.2f s",
+            self.stack_id,
+            error,
+            attempt,
+            delay,
+        )
+        self._stream_restart_at = self._clock() + delay
+
+    def _set_lock_waiting(self, waiting: bool) -> None:
+        self._lock_waiting = waiting
+        self._lock_suspect = None
+
+    def _check_lock_holder(self) -> None:
+        """Break a lock held by a backend whose slot stays inactive past the
+        grace period: its client is gone (Electric's lock breaker)."""
+        opts = self.replication
+        assert opts is not None
+        if opts.lock_breaker is False:
+            return
+        try:
+            with self.admin_pool.connection(timeout=1) as admin:
+                holder = slot.lock_holder(admin, opts.slot_name)
+                if holder is None or holder["slot_active"]:
+                    self._lock_suspect = None
+                    return
+                now = self._clock()
+                pid = holder["pid"]
+                if self._lock_suspect is None or self._lock_suspect[0] != pid:
+                    self._lock_suspect = (pid, now)
+                    return
+                if now - self._lock_suspect[1] < opts.lock_grace:
+                    return
+                if callable(opts.lock_breaker) and not opts.lock_breaker(holder):
+                    return
+                logger.warning(
+                    "[%s] breaking the lock on slot %r held by pid %s: its slot has"
+                    " been inactive for %.1f s",
+                    self.stack_id,
+                    opts.slot_name,
+                    pid,
+                    now - self._lock_suspect[1],
+                )
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                self._lock_suspect = None
+        except (psycopg.Error, PoolTimeout) as exc:
+            logger.debug("[%s] lock holder check failed: %s", self.stack_id, exc)
+
+    def _send_lag(self) -> None:
+        assert self.replication is not None
+        try:
+            with self.admin_pool.connection(timeout=1) as admin:
+                row = admin.execute(
+                    "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint,"
+                    " (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint"
+                    " FROM pg_replication_slots WHERE slot_name = %s",
+                    (self.replication.slot_name,),
+                ).fetchone()
+        except (psycopg.Error, PoolTimeout) as exc:
+            logger.debug("[%s] replication lag query failed: %s", self.stack_id, exc)
+            return
+        if row is not None:
+            signals.send(
+                signals.replication_lag,
+                self,
+                retained_wal_bytes=int(row[0] or 0),
+                confirmed_flush_lag_bytes=int(row[1] or 0),
+            )
+
+    # --- helpers -----------------------------------------------------------------
+
+    def _refresh_status(self) -> None:
+        """Derive the status from the pools and the stream."""
+        if not all(pool.role in self._up for pool in self.pools):
+            return  # _recover() or _fill_pools() own the STARTING reason
+        stream = self._stream
+        sizes = ", ".join(f"{r} {n}" for r, n in self.pool_sizes.items())
+        if self.replication is None or (stream is not None and stream.streaming):
+            what = ""
+            if self.replication is not None:
+                what = f", streaming slot {self.replication.slot_name!r}"
+            self._set_status(
+                Status.ACTIVE, f"connected to {self._where} ({sizes}){what}"
+            )
+        elif self._lock_waiting:
+            self._set_status(
+                Status.WAITING,
+                "another process holds the lock on slot"
+                f" {self.replication.slot_name!r}; pools are usable",
+            )
+        elif stream is None and self._stream_restart_at < _NEVER:
+            delay = max(0.0, self._stream_restart_at - self._clock())
+            self._set_status(Status.STARTING, f"restarting the stream in {delay:.2f} s")
+        else:
+            self._set_status(Status.STARTING, "starting the replication stream")
+
     def _fail(self, error: BaseException) -> None:
         logger.error("[%s] %s; giving up", self.stack_id, error)
         self._set_status(Status.FAILED, str(error), error)
@@ -391,21 +643,23 @@ class Manager:
     def _wait(self, delay: float) -> None:
         """Wait *delay* seconds on the event queue; stop() ends it at once."""
         deadline = self._clock() + delay
-        while self._next_event(deadline - self._clock()) is not None:
-            pass
+        while True:
+            event = self._next_event(deadline - self._clock())
+            if event is None:
+                return
+            if isinstance(event, StreamEvent) and event.stream is self._stream:
+                self._on_stream_event(event)
 
-    def _next_event(self, timeout: float) -> PoolEvent | None:
-        """The next pool event, None after *timeout*; raises on stop()."""
+    def _next_event(self, timeout: float) -> PoolEvent | StreamEvent | None:
+        """The next event, None after *timeout*; raises on stop()."""
         try:
-            event = self._events.get(timeout=max(0.0, timeout))
+            event = self._events.get(timeout=max(0.0, min(timeout, 3600.0)))
         except queue.Empty:
             return None
         if event is _STOP or self._stopping.is_set():
             raise _Stopping
-        assert isinstance(event, PoolEvent)
+        assert isinstance(event, PoolEvent | StreamEvent)
         return event
-
-    # --- helpers -----------------------------------------------------------------
 
     def _redacted(self, event: PoolEvent) -> PgSupervisorError | None:
         if event.error is None:

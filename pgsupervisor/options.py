@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import os
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import psycopg
@@ -17,7 +19,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import MASK, OptionError, redact, secrets_in
 
-__all__ = ["ConnInfo", "PoolOptions", "split_pool_size"]
+__all__ = [
+    "ConnInfo",
+    "PoolOptions",
+    "ReplicationOptions",
+    "TimelineOptions",
+    "split_pool_size",
+]
 
 T = TypeVar("T")
 
@@ -183,3 +191,153 @@ class PoolOptions:
             "admin": self.admin_size or admin,
             "snapshot": self.snapshot_size or snapshot,
         }
+
+
+_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
+_QUALIFIED = re.compile(r"^[^.\s]+\.[^.\s]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicationOptions:
+    """What to stream and how (seconds for times)."""
+
+    slot_name: str
+    """The logical replication slot (lower-case letters, digits, ``_``)."""
+    publication_name: str | None = None
+    """Defaults to *slot_name*."""
+    tables: tuple[str, ...] | None = None
+    """``"schema.table"`` names; None publishes ``FOR ALL TABLES``."""
+    create_publication: bool = True
+    temporary: bool = False
+    """A temporary slot vanishes with the connection: nothing is resumed."""
+    proto_version: int | None = None
+    """pgoutput protocol 1-4; None picks the highest the server supports."""
+    streaming: bool = False
+    """Receive large in-progress transactions in pieces (protocol >= 2)."""
+    status_interval: float = 10.0
+    """A standby status update goes out at least this often."""
+    receive_timeout: float | None = None
+    """No message for this long means a dead peer; None derives it from the
+    server's wal_sender_timeout."""
+    lock_breaker: bool | Callable[[dict[str, Any]], bool] = True
+    """Break a slot lock held by a backend whose slot stayed inactive for
+    *lock_grace* seconds; a callable gets the holder's details and vetoes
+    by returning False."""
+    lock_grace: float = 10.0
+    lost_slot: str = "fail"
+    """``"fail"`` (status FAILED) or ``"recreate"`` when the slot lost WAL."""
+    max_pending_changes: int = 10_000
+    """Changes decoded but not yet delivered before reading pauses."""
+    lag_interval: float = 5.0
+    """How often ``replication_lag`` is sent."""
+    slot_wait_warning: float = 10.0
+    """Warn (naming the blocking transactions) when creating the slot waits
+    this long for running transactions."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.slot_name, str) or not _SLOT_NAME.match(self.slot_name):
+            raise OptionError(
+                "replication option 'slot_name' must be 1-63 lower-case letters,"
+                f" digits or underscores, got {self.slot_name!r}"
+            )
+        if self.publication_name is None:
+            object.__setattr__(self, "publication_name", self.slot_name)
+        elif not isinstance(self.publication_name, str) or not self.publication_name:
+            raise OptionError(
+                "replication option 'publication_name' must be a non-empty string,"
+                f" got {self.publication_name!r}"
+            )
+        if self.tables is not None:
+            if isinstance(self.tables, str) or not all(
+                isinstance(t, str) and _QUALIFIED.match(t) for t in self.tables
+            ):
+                raise OptionError(
+                    "replication option 'tables' must be a list of 'schema.table'"
+                    f" names, got {self.tables!r}"
+                )
+            object.__setattr__(self, "tables", tuple(self.tables))
+        for name in ("create_publication", "temporary", "streaming"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"replication option {name!r} must be a bool")
+        if self.proto_version is not None and self.proto_version not in (1, 2, 3, 4):
+            raise OptionError(
+                "replication option 'proto_version' must be 1, 2, 3 or 4,"
+                f" got {self.proto_version!r}"
+            )
+        if self.streaming and self.proto_version == 1:
+            raise OptionError("replication option 'streaming' needs proto_version >= 2")
+        for name in (
+            "status_interval",
+            "lock_grace",
+            "lag_interval",
+            "slot_wait_warning",
+        ):
+            _number(
+                "replication", name, getattr(self, name), integer=False, minimum=0.001
+            )
+        _number(
+            "replication",
+            "receive_timeout",
+            self.receive_timeout,
+            integer=False,
+            minimum=0.001,
+            allow_none=True,
+        )
+        _number(
+            "replication",
+            "max_pending_changes",
+            self.max_pending_changes,
+            integer=True,
+            minimum=1,
+        )
+        if not (isinstance(self.lock_breaker, bool) or callable(self.lock_breaker)):
+            raise TypeError(
+                "replication option 'lock_breaker' must be a bool or a callable"
+            )
+        if self.lost_slot not in ("fail", "recreate"):
+            raise OptionError(
+                "replication option 'lost_slot' must be 'fail' or 'recreate',"
+                f" got {self.lost_slot!r}"
+            )
+
+    @property
+    def publication(self) -> str:
+        assert self.publication_name is not None
+        return self.publication_name
+
+
+def coerce_replication(
+    value: ReplicationOptions | Mapping[str, Any] | None,
+) -> ReplicationOptions | None:
+    if value is None or isinstance(value, ReplicationOptions):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"replication options must be a dict or ReplicationOptions, got {value!r}"
+        )
+    if "slot_name" not in value:
+        raise OptionError("replication option 'slot_name' is required")
+    return coerce(ReplicationOptions, value, "replication")
+
+
+@dataclasses.dataclass(frozen=True)
+class TimelineOptions:
+    """Where the (system_identifier, timeline_id) pair of each stack is kept."""
+
+    directory: str | None = None
+    """A directory for one small file per stack_id; None means
+    ``$XDG_STATE_HOME/pgsupervisor`` (``~/.local/state/pgsupervisor``)."""
+    store: Any = None
+    """Instead of a directory: an object with ``load(stack_id)`` returning
+    the stored pair or None, and ``save(stack_id, pair)``."""
+
+    def __post_init__(self) -> None:
+        if self.store is not None and not (
+            callable(getattr(self.store, "load", None))
+            and callable(getattr(self.store, "save", None))
+        ):
+            raise TypeError("timeline option 'store' needs load() and save() methods")
+        if self.directory is not None and not isinstance(
+            self.directory, str | os.PathLike
+        ):
+            raise TypeError("timeline option 'directory' must be a path")

@@ -28,6 +28,9 @@ transaction again).
     The (system_identifier, timeline_id) pair differs from the stored one.
 ``replication_lag(retained_wal_bytes, confirmed_flush_lag_bytes)``
     Periodic slot lag, read through the admin pool.
+``slot_recreated(slot_name)``
+    The slot had lost WAL and was dropped and created again
+    (``lost_slot="recreate"``): changes were missed, caches should reset.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "namespace",
     "replication_lag",
     "send",
+    "slot_recreated",
     "status_changed",
     "timeline_changed",
     "transaction",
@@ -68,6 +72,7 @@ timeline_changed = namespace.signal("timeline_changed", doc="previous, current")
 replication_lag = namespace.signal(
     "replication_lag", doc="retained_wal_bytes, confirmed_flush_lag_bytes"
 )
+slot_recreated = namespace.signal("slot_recreated", doc="slot_name")
 
 
 def send(signal: NamedSignal, sender: Any, **kwargs: Any) -> None:

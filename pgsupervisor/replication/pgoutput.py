@@ -280,7 +280,7 @@ class _Reader:
         append = values.append
         for _ in range(ncols):
             kind = buf[pos]
-            if kind == 0x74 or kind == 0x62:  # 't' text, 'b' binary
+            if kind in (0x74, 0x62):  # 't' text, 'b' binary
                 (length,) = _I32(buf, pos + 1)
                 end = pos + 5 + length
                 if length < 0 or end > len(buf):
@@ -289,7 +289,7 @@ class _Reader:
                     )
                 append((kind, buf[pos + 5 : end]))
                 pos = end
-            elif kind == 0x6E or kind == 0x75:  # 'n' null, 'u' unchanged toast
+            elif kind in (0x6E, 0x75):  # 'n' null, 'u' unchanged toast
                 append((kind, None))
                 pos += 1
             else:
@@ -309,7 +309,13 @@ def decode(
     r = _Reader(data, 1)
     try:
         message = _decode(kind, r, in_stream, proto_version)
-    except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
+    except (
+        struct.error,
+        IndexError,
+        ValueError,
+        OverflowError,
+        UnicodeDecodeError,
+    ) as exc:
         name = _NAMES.get(kind, f"unknown {bytes([kind])!r}")
         raise DecodeError(
             f"malformed {name} message at offset {r.pos} of {len(data)} bytes: {exc}"
@@ -495,7 +501,7 @@ class Assembler:
         )
         return self.apply(message)
 
-    def apply(self, m: PgOutputMessage) -> Transaction | None:  # noqa: PLR0911
+    def apply(self, m: PgOutputMessage) -> Transaction | None:
         if isinstance(m, Insert | Update | Delete):
             pending, subxid = self._target(m.xid)
             pending.changes.append((subxid, self._row_change(m)))
@@ -539,7 +545,7 @@ class Assembler:
             self._in_stream = None
             return None
         if isinstance(m, StreamCommit):
-            pending = self._streams.pop(m.xid, None) or _Pending(m.xid)
+            pending = self._streams.pop(m.xid, _Pending(m.xid))
             return self._finish(pending, m.commit_lsn, m.end_lsn, m.commit_time)
         if isinstance(m, StreamAbort):
             self._abort(m)

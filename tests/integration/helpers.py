@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -49,6 +50,18 @@ class Recorder:
             assert self._cond.wait_for(enough, timeout), (
                 f"no {count}x {name} {match} within {timeout} s: {self.events}"
             )
+
+
+def eventually(predicate: Any, timeout: float = 5.0) -> bool:
+    """Poll *predicate* until true (for effects the server applies
+    asynchronously, like backends exiting after a client closed)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        pause.wait(0.02)
+    return bool(predicate())
 
 
 @contextmanager
