@@ -9,7 +9,7 @@ import pytest
 from pgsupervisor import Backoff, Manager, ManagerStopped, Status, signals
 from pgsupervisor.testing.pytest_plugin import Server
 
-from .helpers import Recorder, running
+from .helpers import Recorder, eventually, running
 
 FAST = Backoff("exp", min=0.05, max=0.2)
 
@@ -51,10 +51,14 @@ def test_all_pool_connections_are_open_on_the_server(
             "select count(*) from pg_stat_activity where usename = %s", (user,)
         )
         assert count == [(8,)]
-    after = pg_server.execute(
-        "select count(*) from pg_stat_activity where usename = %s", (user,)
-    )
-    assert after == [(0,)], "stop() left server sessions behind"
+    assert eventually(
+        lambda: (
+            pg_server.execute(
+                "select count(*) from pg_stat_activity where usename = %s", (user,)
+            )
+            == [(0,)]
+        )
+    ), "stop() left server sessions behind"
 
 
 def test_context_manager_starts_and_stops(app_dsn: str, no_thread_leak: None) -> None:
