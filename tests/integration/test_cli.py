@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from pgsupervisor.testing.pytest_plugin import APP_PASSWORD
+from pgsupervisor.testing.pytest_plugin import APP_PASSWORD, Server, create_app_role
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -28,16 +28,22 @@ def test_demo_on_a_throwaway_server_shows_recovery_and_exits_0() -> None:
         "ACTIVE again",
         "queries through snapshot_pool",
         "manager stopped",
+        "transaction xid",
+        "insert pgsupervisor_demo_orders",
+        "kill -9 of the server",
+        " 0 lost, 0 delivered twice",
         "throw-away server removed",
     ):
         assert expected in out, out
     assert "demo-password" not in out + result.stderr
 
 
-def test_demo_with_dsn_uses_that_server(app_dsn: str) -> None:
-    result = run("demo", "--dsn", app_dsn)
+def test_demo_with_dsn_uses_that_server(pg_server: Server) -> None:
+    dsn = create_app_role(pg_server, "demo", replication=True)
+    result = run("demo", "--dsn", dsn)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "external server (--dsn): skipping the restart" in result.stdout
+    assert "transaction xid" in result.stdout
     assert APP_PASSWORD not in result.stdout + result.stderr
 
 
