@@ -2,6 +2,7 @@
 """Measure pgsupervisor's hot paths side by side with the reference, in one run.
 
     python scripts/bench.py pool [--dsn DSN] [--seconds 2] [--size 8]
+    python scripts/bench.py replication [--big-mb 500]
 
 ``pool``: checkout + ``select 1`` + return through ``manager.snapshot_pool``
 vs a raw ``psycopg_pool.ConnectionPool`` of the same size, with 1 and 8
@@ -10,13 +11,23 @@ threads, alternating rounds to share the machine's noise; then the time from
 for a raw pool with ``check=ConnectionPool.check_connection``.
 
 Without --dsn it starts a throw-away cluster (needed for the restart part).
+
+``replication``: fills three slots with the same changes (200k rows in
+1k-row transactions; 50k one-row transactions) and drains them with
+pgsupervisor (full decode to typed values, no-op subscriber), pg_recvlogical
+to /dev/null, and psycopg2's LogicalReplicationConnection with a minimal
+decode; then the peak RSS of a process streaming one big transaction.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from pgsupervisor import Backoff, Manager, Status, signals
@@ -176,11 +188,241 @@ def bench_recovery(cluster: Cluster, dsn: str, size: int, outage: float) -> None
     print(f"  ratio raw / pgsupervisor        {raw_served / ours_served:8.1f}x")
 
 
+# --- replication -------------------------------------------------------------
+
+PUBLICATION = "bench_pub"
+
+
+def _fill(dsn: str, total: int, per_tx: int, payload: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE bench")
+        start = 0
+        while start < total:
+            n = min(per_tx, total - start)
+            if n == 1:
+                conn.execute(
+                    "INSERT INTO bench VALUES (%s, repeat('x', %s))", (start, payload)
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO bench SELECT g, repeat('x', %s)"
+                    " FROM generate_series(%s::int, %s::int) g",
+                    (payload, start, start + n - 1),
+                )
+            start += n
+
+
+def _drain_pgsupervisor(dsn: str, slot_name: str, expected: int, tmp: str) -> float:
+    manager = Manager(
+        dsn,
+        stack_id=slot_name,
+        pool={"size": 2},
+        replication={
+            "slot_name": slot_name,
+            "publication_name": PUBLICATION,
+            "create_publication": False,
+        },
+        timeline={"directory": tmp},
+    )
+    count = [0]
+    done = threading.Event()
+
+    def receiver(sender: Manager, transaction: Any) -> None:
+        count[0] += len(transaction.changes)
+        if count[0] >= expected:
+            done.set()
+
+    signals.transaction.connect(receiver, sender=manager)
+    started = time.perf_counter()
+    manager.start()
+    try:
+        if not done.wait(600):
+            raise RuntimeError(f"pgsupervisor got {count[0]} of {expected} changes")
+        return time.perf_counter() - started
+    finally:
+        manager.stop()
+
+
+def _drain_recvlogical(
+    cluster: Cluster, dsn: str, slot_name: str, endpos: str
+) -> float:
+    recv = cluster.bindir / "pg_recvlogical"
+    if not recv.exists():
+        recv = Path(shutil.which("pg_recvlogical") or "pg_recvlogical")
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            str(recv),
+            "-d",
+            dsn,
+            "--slot",
+            slot_name,
+            "--start",
+            "--no-loop",
+            "-o",
+            "proto_version=1",
+            "-o",
+            f"publication_names={PUBLICATION}",
+            f"--endpos={endpos}",
+            "-f",
+            "/dev/null",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
+
+
+def _drain_psycopg2(
+    dsn: str, slot_name: str, endpos: int, expected: int
+) -> float | None:
+    try:
+        import psycopg2  # noqa: PLC0415
+        import psycopg2.extras  # noqa: PLC0415
+    except ImportError:
+        return None
+    started = time.perf_counter()
+    conn = psycopg2.connect(
+        dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection
+    )
+    cur = conn.cursor()
+    cur.start_replication(
+        slot_name=slot_name,
+        decode=False,
+        options={"proto_version": "1", "publication_names": PUBLICATION},
+    )
+    count = [0]
+
+    def consume(msg: Any) -> None:
+        payload = msg.payload
+        if payload[:1] == b"I":  # minimal decode: the message type and relation
+            struct.unpack_from(">I", payload, 1)
+            count[0] += 1
+        if msg.data_start >= endpos or count[0] >= expected:
+            msg.cursor.send_feedback(flush_lsn=msg.data_start)
+            raise psycopg2.extras.StopReplication
+        if count[0] % 10000 == 0:
+            msg.cursor.send_feedback(flush_lsn=msg.data_start)
+
+    try:
+        cur.consume_stream(consume)
+    except psycopg2.extras.StopReplication:
+        pass
+    finally:
+        conn.close()
+    return time.perf_counter() - started
+
+
+BIG_CHILD = """
+import resource, sys, threading
+from pgsupervisor import Manager, signals
+dsn, slot, expected, tmp, streaming = sys.argv[1:6]
+m = Manager(dsn, stack_id=slot, pool={"size": 2},
+            replication={"slot_name": slot, "publication_name": "bench_pub",
+                         "create_publication": False, "streaming": streaming == "1"},
+            timeline={"directory": tmp})
+done = threading.Event()
+got = [0]
+def receiver(sender, transaction):
+    got[0] += len(transaction.changes)
+    if got[0] >= int(expected):
+        done.set()
+signals.transaction.connect(receiver, sender=m)
+m.start()
+ok = done.wait(900)
+m.stop()
+print(got[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+sys.exit(0 if ok else 1)
+"""
+
+
+def bench_replication(big_mb: int) -> None:
+    tmp = tempfile.mkdtemp(prefix="pgsupervisor-bench-")
+    with Cluster(
+        settings={
+            "max_wal_size": "4GB",
+            "max_replication_slots": "20",
+            "logical_decoding_work_mem": "64MB",
+        }
+    ) as cluster:
+        dsn = cluster.dsn()
+        cluster.execute("CREATE TABLE bench (id int PRIMARY KEY, payload text)")
+        cluster.execute(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES")
+        workloads = [
+            ("200k rows in 1k-row transactions", 200_000, 1000),
+            ("50k one-row transactions", 50_000, 1),
+        ]
+        print("draining the same changes three ways (changes/s; rows of ~110 bytes)")
+        print(
+            f"{'workload':<36} {'pgsupervisor':>13} {'pg_recvlogical':>15}"
+            f" {'psycopg2':>10} {'vs recvlogical':>15} {'vs psycopg2':>12}"
+        )
+        for label, total, per_tx in workloads:
+            for name in ("s_ours", "s_recv", "s_pg2"):
+                cluster.execute(
+                    "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,)
+                )
+            _fill(dsn, total, per_tx, 100)
+            endpos_text = cluster.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+            from pgsupervisor.replication import parse_lsn  # noqa: PLC0415
+
+            ours = _drain_pgsupervisor(dsn, "s_ours", total, tmp)
+            recv = _drain_recvlogical(cluster, dsn, "s_recv", endpos_text)
+            pg2 = _drain_psycopg2(dsn, "s_pg2", parse_lsn(endpos_text), total)
+            rates = [total / t if t else float("nan") for t in (ours, recv, pg2 or 0)]
+            print(
+                f"{label:<36} {rates[0]:>13,.0f} {rates[1]:>15,.0f} {rates[2]:>10,.0f}"
+                f" {rates[0] / rates[1]:>15.2f} {rates[0] / rates[2]:>12.2f}"
+            )
+            for name in ("s_ours", "s_recv", "s_pg2"):
+                cluster.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+        if big_mb:
+            rows = big_mb * 1000
+            for streaming in (False, True):
+                name = f"s_big_{int(streaming)}"
+                cluster.execute(
+                    "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,)
+                )
+                _fill(dsn, rows, rows, 1000)
+                started = time.perf_counter()
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        BIG_CHILD,
+                        dsn,
+                        name,
+                        str(rows),
+                        tmp,
+                        "1" if streaming else "0",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    cwd=str(Path(__file__).resolve().parent.parent),
+                )
+                took = time.perf_counter() - started
+                got, rss_kb = out.stdout.split() if out.returncode == 0 else ("?", "0")
+                print(
+                    f"one {big_mb} MB transaction ({rows:,} rows of 1 kB),"
+                    f" streaming={'on' if streaming else 'off'}: {got} changes in"
+                    f" {took:.1f} s, peak RSS {int(rss_kb) / 1024:,.0f} MB"
+                )
+                cluster.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["pool"])
+    parser.add_argument("what", choices=["pool", "replication"])
+    parser.add_argument(
+        "--big-mb",
+        type=int,
+        default=500,
+        help="size of the one big transaction (0 to skip)",
+    )
     parser.add_argument("--dsn", help="an existing server (skips the restart part)")
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=5)
@@ -194,6 +436,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=8)
     parser.add_argument("--outage", type=float, default=3.0)
     args = parser.parse_args()
+    if args.what == "replication":
+        bench_replication(args.big_mb)
+        return 0
     if args.dsn:
         bench_pool(args.dsn, args.size, args.seconds, args.rounds)
         return 0
