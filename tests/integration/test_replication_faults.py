@@ -240,3 +240,86 @@ def test_follower_takes_over_when_the_leader_process_is_killed(
     finally:
         leader.kill()
         leader.wait()
+
+
+def test_slow_receiver_keeps_the_walsender_alive(pg_cluster: Cluster, tmp_path) -> None:
+    pg_cluster.execute("ALTER SYSTEM SET wal_sender_timeout = '1s'")
+    pg_cluster.reload()
+    dsn = pg_cluster.dsn()
+    execute(dsn, TABLE)
+    manager = make_manager(dsn, "slow", tmp_path, status_interval=10)
+    rec = Recorder(manager)
+    delivered: list[int] = []
+
+    def slow(sender: Any, transaction: Any) -> None:
+        time.sleep(3.0)  # three times wal_sender_timeout
+        delivered.extend(c.new["id"] for c in transaction.changes)
+
+    signals.transaction.connect(slow, sender=manager)
+    with running(manager):
+        manager.wait_active(timeout=15)
+        execute(
+            dsn,
+            ("insert into items values (1, 'slow')", ()),
+            ("insert into items values (2, 'next')", ()),
+        )
+        assert eventually(lambda: delivered == [1, 2], timeout=15)
+        assert manager.status is Status.ACTIVE
+    assert not [
+        e for e in rec.of("disconnected") if e["role"] == "replication" and e["error"]
+    ]
+    assert (
+        "terminating walsender process due to replication timeout"
+        not in pg_cluster.log_tail(200)
+    )
+
+
+def test_idle_slot_advances_past_unpublished_wal(repl_db, tmp_path, pg_server) -> None:
+    dsn, slot = repl_db
+    execute(dsn, TABLE, "create table other (x int)")
+    manager = make_manager(dsn, slot, tmp_path, tables=("public.items",))
+    with running(manager):
+        manager.wait_active(timeout=15)
+        execute(dsn, "insert into other select generate_series(1, 50000)")
+        (target,) = pg_server.execute("select pg_current_wal_lsn()::text")[0]
+        from pgsupervisor.replication import parse_lsn
+
+        def confirmed() -> int:
+            (lsn,) = pg_server.execute(
+                "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s",
+                (slot,),
+            )[0]
+            return parse_lsn(lsn)
+
+        assert eventually(lambda: confirmed() >= parse_lsn(target), timeout=10)
+
+
+def test_slot_active_elsewhere_is_retried_with_backoff(repl_db, tmp_path) -> None:
+    dsn, slot = repl_db
+    execute(
+        dsn,
+        TABLE,
+        ("select pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)),
+        f"create publication {slot} for all tables",
+    )
+    squatter = psycopg.connect(dsn, replication="database", autocommit=True)
+    squatter.execute(
+        f"START_REPLICATION SLOT {slot} LOGICAL 0/0"
+        f" (proto_version '1', publication_names '{slot}')"
+    )
+    manager = Manager(
+        dsn,
+        stack_id=slot,
+        pool={"size": 2},
+        backoff={"type": "exp", "min": 0.05, "max": 0.4},
+        replication={"slot_name": slot, "lock_breaker": False},
+        timeline={"directory": str(tmp_path)},
+    )
+    rec = Recorder(manager)
+    with running(manager):
+        rec.wait_for("connection_error", count=4, role="replication", timeout=10)
+        errors = [e for e in rec.of("connection_error") if e["role"] == "replication"]
+        assert [e["delay"] for e in errors[:4]] == [0.05, 0.1, 0.2, 0.4]
+        assert "is active for PID" in str(errors[0]["error"])
+        squatter.close()
+        manager.wait_active(timeout=15)
