@@ -201,7 +201,10 @@ def classify(
     prefix = f"{context}: " if context else ""
     sqlstate = getattr(exc, "sqlstate", None)
     cls: type[PgSupervisorError] | None = None
-    for pattern, state, rule_cls in _FATAL_RULES:
+    # Only the driver's errors carry server and libpq messages; anything else
+    # (a subscriber's bug, say) is retried, whatever its text says.
+    rules = _FATAL_RULES if isinstance(exc, psycopg.Error) else ()
+    for pattern, state, rule_cls in rules:
         if re.search(pattern, message, re.IGNORECASE) and (
             state is None or sqlstate in (None, state)
         ):

@@ -344,7 +344,8 @@ class Manager:
             if pool.role not in self._up:
                 self._up.add(pool.role)
                 signals.send(signals.connected, self, role=pool.role)
-        if self.replication is not None and self._stream is None:
+        idle = self._stream is None and self._stream_restart_at == _NEVER
+        if self.replication is not None and idle:
             self._start_stream()
         self._refresh_status()
 
@@ -362,7 +363,6 @@ class Manager:
                     pool.ping_idle(opts.idle_interval, opts.ping_timeout)
                 next_ping = self._clock() + opts.idle_interval
             if now >= self._stream_restart_at:
-                self._stream_restart_at = _NEVER
                 self._start_stream()
                 self._refresh_status()
             replication = self.replication
@@ -455,7 +455,8 @@ class Manager:
     # --- the replication stream --------------------------------------------------
 
     def _start_stream(self) -> None:
-        assert self.replication is not None
+        assert self.replication is not None and self._stream is None
+        self._stream_restart_at = _NEVER
         self._stream = ReplicationStream(
             sender=self,
             conninfo=self.conninfo.connect_string(),
@@ -476,13 +477,17 @@ class Manager:
         self._set_lock_waiting(False)
         drop = final and self._drop_slot and self.replication is not None
         if stream is not None:
-            stream.stop(drop_slot=drop)
-            if stream.publication_created:
-                self._publication_created = True
+            self._retire(stream, drop_slot=drop)
             if stream.streaming:
                 signals.send(signals.disconnected, self, role="replication", error=None)
         if drop:
             self._drop_publication()
+
+    def _retire(self, stream: ReplicationStream, *, drop_slot: bool = False) -> None:
+        """Join a stream's threads; remember whether it created the
+        publication, which stop() may have to drop."""
+        stream.stop(drop_slot=drop_slot)
+        self._publication_created |= stream.publication_created
 
     def _drop_publication(self) -> None:
         assert self.replication is not None
@@ -517,7 +522,7 @@ class Manager:
     def _stream_failed(self, cause: BaseException) -> None:
         stream, self._stream = self._stream, None
         assert stream is not None
-        stream.stop()
+        self._retire(stream)
         self._set_lock_waiting(False)
         error = classify(
             cause,

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from typing import Any
 
 import psycopg
 import pytest

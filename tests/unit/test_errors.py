@@ -117,3 +117,8 @@ def test_redact_masks_password_shapes(text: str) -> None:
 
 def test_configuration_error_is_not_retryable() -> None:
     assert is_fatal(ConfigurationError("x"))
+
+
+def test_non_driver_errors_are_retryable_whatever_they_say() -> None:
+    error = classify(RuntimeError("permission denied: password authentication failed"))
+    assert isinstance(error, ConnectionFailed)
