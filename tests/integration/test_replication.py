@@ -392,3 +392,60 @@ def test_stop_leaves_no_thread(repl_db, tmp_path) -> None:
     with make_manager(dsn, slot, tmp_path) as manager:
         manager.wait_active(timeout=15)
     assert [t for t in threading.enumerate() if t not in before] == []
+
+
+def test_existing_publication_missing_operations_fails_clearly(
+    repl_db, tmp_path
+) -> None:
+    from pgsupervisor.replication.slot import PublicationMismatch
+
+    dsn, slot = repl_db
+    execute(dsn, f"create publication {slot} for all tables with (publish = 'insert')")
+    manager = make_manager(dsn, slot, tmp_path)
+    with running(manager):
+        with pytest.raises(
+            PublicationMismatch, match="does not publish update, delete, truncate"
+        ):
+            manager.wait_active(timeout=15)
+        assert manager.status is Status.FAILED
+
+
+def test_temporary_slot_vanishes_with_the_manager(repl_db, tmp_path, pg_server) -> None:
+    dsn, slot = repl_db
+    execute(dsn, TABLE)
+    manager = make_manager(dsn, slot, tmp_path, temporary=True)
+    got = Collector(manager)
+    with running(manager):
+        manager.wait_active(timeout=15)
+        assert pg_server.execute(
+            "select temporary from pg_replication_slots where slot_name = %s", (slot,)
+        ) == [(True,)]
+        execute(dsn, ("insert into items values (1, 't')", ()))
+        got.wait_for(lambda c: c.inserted_ids() == [1])
+    assert eventually(
+        lambda: (
+            pg_server.execute(
+                "select count(*) from pg_replication_slots where slot_name = %s",
+                (slot,),
+            )
+            == [(0,)]
+        )
+    )
+
+
+@pytest.mark.parametrize("proto", [1, 2])
+def test_older_protocol_versions_stream_the_same(repl_db, tmp_path, proto: int) -> None:
+    dsn, slot = repl_db
+    execute(dsn, TABLE)
+    manager = make_manager(dsn, slot, tmp_path, proto_version=proto)
+    got = Collector(manager)
+    with running(manager):
+        manager.wait_active(timeout=15)
+        execute(
+            dsn,
+            ("insert into items values (1, 'a')", ()),
+            ("update items set name = 'b' where id = 1", ()),
+            ("truncate items", ()),
+        )
+        got.wait_for(lambda c: len(c.changes) == 3)
+    assert [c.op for c in got.changes] == ["insert", "update", "truncate"]
