@@ -10,9 +10,10 @@ from .errors import (
     ManagerStopped,
     OptionError,
     PgSupervisorError,
+    QueueTimeout,
 )
 from .manager import Manager
-from .options import PoolOptions
+from .options import PoolOptions, ReplicationOptions
 from .status import Status
 
 __version__ = "0.1.0"
@@ -28,6 +29,8 @@ __all__ = [
     "OptionError",
     "PgSupervisorError",
     "PoolOptions",
+    "QueueTimeout",
+    "ReplicationOptions",
     "Status",
     "__version__",
     "signals",

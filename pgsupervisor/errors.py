@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 import psycopg
+from psycopg_pool import PoolTimeout
 
 __all__ = [
     "AccessRejected",
@@ -23,6 +24,7 @@ __all__ = [
     "ManagerStopped",
     "OptionError",
     "PgSupervisorError",
+    "QueueTimeout",
     "RoleNotFound",
     "SSLFailed",
     "UnknownHost",
@@ -104,6 +106,13 @@ class UnknownHost(ConfigurationError):
 
 
 # --- retrying may fix these ------------------------------------------------
+
+
+class QueueTimeout(PoolTimeout, PgSupervisorError):
+    """A checkout was dropped by queue control, or found no free connection
+    with ``queue=False``."""
+
+    __module__ = "pgsupervisor"
 
 
 class ConnectionFailed(PgSupervisorError):

@@ -128,6 +128,7 @@ class Manager:
         # Supervisor thread only, from here to the end of __init__.
         self._retry: Retry = self.backoff.start()
         self._up: set[str] = set()  # roles with all their connections
+        self._failures: dict[str, list[float]] = {}  # role -> recent failure times
         self._server_seen_at = 0.0  # last successful probe
         self._stream: ReplicationStream | None = None
         self._stream_retry: Retry = self.backoff.start()
@@ -146,18 +147,28 @@ class Manager:
         self.snapshot_pool = self._make_pool("snapshot")
 
     def _make_pool(self, role: str) -> SupervisedPool:
-        opts = self.pool_options
         return SupervisedPool(
             self.conninfo.connect_string(),
             role=role,
             size=self.pool_sizes[role],
             name=f"{self.stack_id}-{role}",
+            options=self.pool_options.for_role(role),
             on_event=self._events.put,
-            connect_timeout=opts.connect_timeout,
-            timeout=opts.timeout,
-            max_lifetime=opts.max_lifetime,
-            max_idle=opts.max_idle,
+            sender=self,
+            redact=lambda exc: classify(
+                exc,
+                context=f"{role} connection to {self._where}",
+                secrets=self.conninfo.secrets,
+            ),
         )
+
+    def _connect_params(self) -> dict[str, Any]:
+        """Parameters for one connection attempt of the probe or the stream:
+        the pool's ``kwargs`` (called afresh when it is a callable)."""
+        extra = self.pool_options.kwargs
+        if callable(extra):
+            extra = extra()
+        return dict(extra or {})
 
     @property
     def pools(self) -> tuple[SupervisedPool, SupervisedPool]:
@@ -178,6 +189,20 @@ class Manager:
     def status_reason(self) -> str | None:
         """Why the status last changed (for health endpoints and logs)."""
         return self._status.reason
+
+    def pool_stats(self) -> dict[str, dict[str, Any]]:
+        """Per pool: psycopg_pool's ``get_stats()`` plus queue control's state
+        (``queue_slow``, ``queue_delay_ms``, ``requests_dropped``), ``pings``
+        and ``connections_discarded``."""
+        return {
+            pool.role: {
+                "pings": 0,
+                "connections_discarded": 0,
+                **pool.get_stats(),
+                **pool.queue_state(),
+            }
+            for pool in self.pools
+        }
 
     @property
     def delivered_lsn(self) -> int:
@@ -298,10 +323,12 @@ class Manager:
         """One direct connection: proves the server answers and reads its
         identity before the pools are asked to connect."""
         try:
+            params = {
+                "connect_timeout": max(1, round(timeout)),
+                **self._connect_params(),
+            }
             with psycopg.connect(
-                self.conninfo.connect_string(),
-                autocommit=True,
-                connect_timeout=max(1, round(timeout)),
+                self.conninfo.connect_string(), autocommit=True, **params
             ) as conn:
                 self.pg_version = conn.info.server_version
                 try:
@@ -340,10 +367,7 @@ class Manager:
 
     def _pools_up(self) -> None:
         self._retry.succeeded(self._clock())
-        for pool in self.pools:
-            if pool.role not in self._up:
-                self._up.add(pool.role)
-                signals.send(signals.connected, self, role=pool.role)
+        self._up.update(pool.role for pool in self.pools)
         idle = self._stream is None and self._stream_restart_at == _NEVER
         if self.replication is not None and idle:
             self._start_stream()
@@ -390,16 +414,14 @@ class Manager:
         if event.kind == "added":
             if role not in self._up and event.pool.is_full:
                 self._up.add(role)
-                signals.send(signals.connected, self, role=role)
                 self._refresh_status()
             return
-        if role in self._up:
-            self._up.discard(role)
-            signals.send(
-                signals.disconnected, self, role=role, error=self._redacted(event)
-            )
+        self._up.discard(role)
+        error = event.error or ConnectionFailed(f"a {role} connection failed")
+        if self._restart_storm(event.pool):
+            raise _RoleError(role, error, server_down=True)
         if event.kind == "connect_failed":
-            raise _RoleError(role, event.error or ConnectionFailed())
+            raise _RoleError(role, error)
         logger.info(
             "[%s] %s connection lost (%s); checking the server",
             self.stack_id,
@@ -408,6 +430,28 @@ class Manager:
         )
         opts = self.pool_options
         self._probe_server(min(opts.connect_timeout, opts.ping_timeout))
+
+    def _restart_storm(self, pool: SupervisedPool) -> bool:
+        """More than ``max_restarts`` failures within ``max_seconds``: stop
+        replacing connections one by one and rebuild with backoff."""
+        opts = pool.options
+        now = self._clock()
+        times = self._failures.setdefault(pool.role, [])
+        times[:] = [t for t in times if now - t < opts.max_seconds]
+        times.append(now)
+        if len(times) <= opts.max_restarts:
+            return False
+        logger.warning(
+            "[%s] %d %s connection failures within %g s (max_restarts %d):"
+            " rebuilding the pools",
+            self.stack_id,
+            len(times),
+            pool.role,
+            opts.max_seconds,
+            opts.max_restarts,
+        )
+        times.clear()
+        return True
 
     def _recover(self, exc: Exception) -> bool:
         """Classify a pool or server failure; back off and return True to
@@ -422,12 +466,10 @@ class Manager:
         )
         delay = None if is_fatal(error) else self._retry.failed(self._clock())
         attempt = self._retry.attempt or 1
+        self._up.clear()
         for pool in self.pools:
-            if pool.role in self._up:
-                self._up.discard(pool.role)
-                signals.send(signals.disconnected, self, role=pool.role, error=error)
             if server_down:
-                pool.invalidate()
+                pool.invalidate(error)
         if server_down or delay is None:
             self._stop_stream(final=delay is None)
         signals.send(
@@ -467,6 +509,7 @@ class Manager:
             timeline_store=make_store(self.timeline_options),
             stack_id=self.stack_id,
             connect_timeout=self.pool_options.connect_timeout,
+            connect_params=self._connect_params,
         )
         self._stream.start()
 
@@ -479,7 +522,13 @@ class Manager:
         if stream is not None:
             self._retire(stream, drop_slot=drop)
             if stream.streaming:
-                signals.send(signals.disconnected, self, role="replication", error=None)
+                signals.send(
+                    signals.disconnected,
+                    self,
+                    role="replication",
+                    connection_id=stream.backend_pid,
+                    error=None,
+                )
         if drop:
             self._drop_publication()
 
@@ -514,7 +563,12 @@ class Manager:
             signals.send(signals.lock_acquired, self, slot_name=slot_name)
         elif event.kind == "streaming":
             self._stream_retry.succeeded(self._clock())
-            signals.send(signals.connected, self, role="replication")
+            signals.send(
+                signals.connected,
+                self,
+                role="replication",
+                connection_id=event.stream.backend_pid,
+            )
         elif event.kind == "failed":
             self._stream_failed(event.error or ConnectionFailed("the stream failed"))
         self._refresh_status()
@@ -530,7 +584,13 @@ class Manager:
             secrets=self.conninfo.secrets,
         )
         if stream.streaming:
-            signals.send(signals.disconnected, self, role="replication", error=error)
+            signals.send(
+                signals.disconnected,
+                self,
+                role="replication",
+                connection_id=stream.backend_pid,
+                error=error,
+            )
         if is_fatal(error):
             raise _RoleError("replication", error)
         delay = self._stream_retry.failed(self._clock())

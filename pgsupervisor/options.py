@@ -139,9 +139,16 @@ def split_pool_size(size: int) -> tuple[int, int]:
     return admin, max(size - admin, admin)
 
 
+Listener = Any  # a callable, or an object with put() such as queue.Queue
+
+_ROLE_ONLY = ("size", "admin_size", "snapshot_size", "admin", "snapshot")
+
+
 @dataclasses.dataclass(frozen=True)
 class PoolOptions:
-    """Sizes and timings of the admin and snapshot pools (seconds)."""
+    """The admin and snapshot pools (times in seconds). Every option but the
+    sizes can be overridden for one pool in ``admin={...}`` or
+    ``snapshot={...}``."""
 
     size: int = 20
     """Total connections, split as Electric does (admin = size÷4 in 1..4)."""
@@ -150,22 +157,51 @@ class PoolOptions:
     snapshot_size: int | None = None
     """Overrides the snapshot pool's share of *size*."""
     timeout: float = 30.0
-    """Default wait of ``getconn()``/``connection()`` for a free connection."""
+    """Bound on the whole wait of ``getconn()``/``connection()``."""
+    queue: bool = True
+    """False: a checkout fails at once when no connection is free."""
+    queue_target: float = 0.05
+    """DBConnection's: the checkout wait a healthy pool stays under."""
+    queue_interval: float = 1.0
+    """DBConnection's: the window over which waits are judged."""
     connect_timeout: float = 10.0
     """Bound on each connection attempt."""
     idle_interval: float = 1.0
     """Idle connections are pinged this often, so a dead server is noticed
     even when the application sends nothing."""
+    idle_limit: int | None = None
+    """At most this many connections pinged per tick (None: all idle ones)."""
     ping_timeout: float = 5.0
     """A ping unanswered for this long counts as a dead connection."""
     max_lifetime: float = 3600.0
     """psycopg_pool's: connections are replaced after about this long."""
     max_idle: float = 600.0
     """psycopg_pool's: connections above min_size idle this long are closed."""
+    kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None
+    """Connection parameters added to the conninfo; a callable is called for
+    every attempt (a fresh IAM token, a rotated password)."""
+    configure: Callable[[Any], None] | None = None
+    """psycopg_pool's: run on each new connection (DBConnection's
+    after_connect); a failure discards the connection."""
+    after_connect_timeout: float = 15.0
+    """Bound on *configure*; past it the connection is discarded."""
+    reset: Callable[[Any], None] | None = None
+    """psycopg_pool's: run on each connection returned to the pool."""
+    connection_listeners: Any = None
+    """Callables or objects with ``put()`` told ``("connected", id)`` and
+    ``("disconnected", id)``; ``(listeners, tag)`` adds the tag to each."""
+    max_restarts: int = 3
+    """More connection failures than this within *max_seconds* escalate to
+    the supervisor, which rebuilds the pools with backoff."""
+    max_seconds: float = 5.0
+    admin: Mapping[str, Any] | None = None
+    """Overrides for the admin pool."""
+    snapshot: Mapping[str, Any] | None = None
+    """Overrides for the snapshot pool."""
 
     def __post_init__(self) -> None:
         _number("pool", "size", self.size, integer=True, minimum=1)
-        for name in ("admin_size", "snapshot_size"):
+        for name in ("admin_size", "snapshot_size", "idle_limit"):
             _number(
                 "pool",
                 name,
@@ -181,8 +217,37 @@ class PoolOptions:
             "ping_timeout",
             "max_lifetime",
             "max_idle",
+            "queue_target",
+            "queue_interval",
+            "after_connect_timeout",
+            "max_seconds",
         ):
             _number("pool", name, getattr(self, name), integer=False, minimum=0.001)
+        _number("pool", "max_restarts", self.max_restarts, integer=True, minimum=0)
+        if not isinstance(self.queue, bool):
+            raise TypeError("pool option 'queue' must be a bool")
+        for name in ("configure", "reset"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise TypeError(f"pool option {name!r} must be a callable")
+        if self.kwargs is not None and not (
+            callable(self.kwargs) or isinstance(self.kwargs, Mapping)
+        ):
+            raise TypeError("pool option 'kwargs' must be a dict or a callable")
+        self.listeners_and_tag()  # validates
+        for role in ("admin", "snapshot"):
+            overrides = getattr(self, role)
+            if overrides is None:
+                continue
+            if not isinstance(overrides, Mapping):
+                raise TypeError(f"pool option {role!r} must be a dict of overrides")
+            allowed = {f.name for f in dataclasses.fields(self)} - set(_ROLE_ONLY)
+            unknown = sorted(set(overrides) - allowed)
+            if unknown:
+                raise OptionError(
+                    f"unknown {role} pool option(s) {', '.join(map(repr, unknown))};"
+                    f" valid: {', '.join(sorted(allowed))}"
+                )
+            self.for_role(role)  # validates the overridden values
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -191,6 +256,33 @@ class PoolOptions:
             "admin": self.admin_size or admin,
             "snapshot": self.snapshot_size or snapshot,
         }
+
+    def for_role(self, role: str) -> PoolOptions:
+        """These options with *role*'s overrides applied."""
+        overrides = dict(getattr(self, role) or {})
+        return dataclasses.replace(self, **overrides, admin=None, snapshot=None)
+
+    def listeners_and_tag(self) -> tuple[tuple[Listener, ...], Any]:
+        value = self.connection_listeners
+        if value is None:
+            return (), None
+        tag = None
+        if (
+            isinstance(value, tuple)
+            and len(value) == 2
+            and isinstance(value[0], list | tuple)
+        ):
+            value, tag = value
+        if callable(value) or hasattr(value, "put"):
+            value = [value]
+        listeners = tuple(value)
+        for listener in listeners:
+            if not (callable(listener) or callable(getattr(listener, "put", None))):
+                raise TypeError(
+                    "pool option 'connection_listeners' takes callables or objects"
+                    f" with put(), got {listener!r}"
+                )
+        return listeners, tag
 
 
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")

@@ -1,16 +1,22 @@
-"""The supervised pool: a psycopg_pool.ConnectionPool whose health the
-supervisor owns.
+"""The supervised pool: a psycopg_pool.ConnectionPool with DBConnection's
+queue control, idle pings, connect hooks and listeners, whose reconnections
+the supervisor owns.
 
-psycopg_pool retries failed connections on its own schedule (1 s, doubling,
-then giving up for good) and never looks at idle connections, so after a
-server restart it hands out dead ones. This subclass changes three things:
+What changes from psycopg_pool:
 
 * a failed connection attempt is reported to the supervisor instead of being
-  rescheduled; the supervisor backs off and calls `refill()`;
+  rescheduled (psycopg_pool retries at 1 s, doubling, then gives up for good);
+  the supervisor backs off and calls `refill()`;
+* each check-in goes through `QueueControl` (CoDel): a pool that cannot keep
+  up drops waiters with `QueueTimeout` instead of queueing without bound; a
+  waiter that timed out leaves the queue at once;
 * at checkout, a connection whose socket is already readable (the server
   closed it or sent a FATAL) is discarded, for about a microsecond of ``poll``;
 * `ping_idle()` runs a bounded empty-query round trip on connections idle for
-  a while, which notices a server that vanished without closing sockets.
+  a while, which notices a server that vanished without closing sockets;
+* every connection opened or closed is announced (``connected`` /
+  ``disconnected`` signals and ``connection_listeners``), every failed
+  checkout too (``checkout_error``).
 """
 
 from __future__ import annotations
@@ -18,16 +24,29 @@ from __future__ import annotations
 import logging
 import select
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
 import psycopg
 from psycopg import pq
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 from psycopg_pool.base import AttemptWithBackoff
-from psycopg_pool.pool import AddConnection, MaintenanceTask, ShrinkPool
+from psycopg_pool.pool import (
+    AddConnection,
+    MaintenanceTask,
+    ReturnConnection,
+    ShrinkPool,
+    WaitingClient,
+)
+
+from . import signals
+from .errors import ConnectionFailed, QueueTimeout
+from .options import PoolOptions
+from .queue_control import Action, QueueControl
 
 __all__ = ["PoolEvent", "SupervisedPool", "ping"]
 
@@ -37,13 +56,19 @@ Conn = psycopg.Connection[Any]
 
 _IDLE_SINCE = "_pgsupervisor_idle_since"
 
+# Our counters in get_stats(), beside psycopg_pool's.
+REQUESTS_DROPPED = "requests_dropped"
+PINGS = "pings"
+CONNECTIONS_DISCARDED = "connections_discarded"
+
 
 @dataclass(frozen=True, slots=True)
 class PoolEvent:
-    """What a pool tells its supervisor: a connection was added, a connection
-    attempt failed, or a pooled connection was found dead."""
+    """What a pool tells its supervisor: a connection was ``added``, a
+    connection attempt failed (``connect_failed``), or a pooled connection
+    was found dead (``lost``)."""
 
-    kind: str  # "added" | "connect_failed" | "lost"
+    kind: str
     pool: SupervisedPool
     error: BaseException | None = None
     started: float = 0.0  # monotonic time the connection attempt began
@@ -124,9 +149,30 @@ def _closed_by_server(conn: Conn) -> bool:
     return bool(poller.poll(0))
 
 
+def _drop_message(name: str, waited: float) -> str:
+    return (
+        f"connection not available in pool {name!r} and the request was dropped"
+        f" from the queue after {waited * 1000:.0f} ms: requests come in faster than"
+        " the pool serves them. Check that the database is reachable, track down"
+        " slow queries, increase the pool size, or let requests wait longer by"
+        " increasing queue_target and queue_interval"
+    )
+
+
+class _Waiter(WaitingClient[Conn]):
+    """A queued checkout and when it was queued."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self, sent: float):
+        super().__init__()
+        self.sent = sent
+
+
 class SupervisedPool(ConnectionPool[Conn]):
-    """A fixed-size `psycopg_pool.ConnectionPool` whose reconnections are
-    driven by a supervisor; use it exactly like a ConnectionPool."""
+    """A fixed-size `psycopg_pool.ConnectionPool` with queue control whose
+    reconnections are driven by a supervisor; use it exactly like a
+    ConnectionPool."""
 
     def __init__(
         self,
@@ -135,25 +181,40 @@ class SupervisedPool(ConnectionPool[Conn]):
         role: str,
         size: int,
         name: str,
+        options: PoolOptions,
         on_event: Callable[[PoolEvent], None],
-        connect_timeout: float,
-        **kwargs: Any,
+        sender: Any = None,
+        redact: Callable[[BaseException], BaseException] = lambda exc: exc,
     ):
         self.role = role
+        self.options = options
         self._on_event = on_event
-        # Both guarded by _counts_lock (psycopg_pool's _lock is not reentrant
-        # and is held when run_task() is called from check()).
+        self._sender = sender
+        self._redact = redact
+        self._listeners, self._tag = options.listeners_and_tag()
+        self._user_configure = options.configure
+        # Guarded by _counts_lock (psycopg_pool's _lock is not reentrant and
+        # is held when run_task() is called from check()).
         self._counts_lock = threading.Lock()
         self._owed = 0  # AddConnection tasks queued or running
         self._failed = 0  # slots whose attempt failed, until refill()
+        self._live: dict[int, int] = {}  # id(conn) -> backend pid
+        # Guarded by psycopg_pool's _lock.
+        self._codel = QueueControl(
+            options.queue_target, options.queue_interval, monotonic()
+        )
         super().__init__(
             conninfo,
             min_size=size,
             max_size=size,
             name=name,
             open=False,
-            kwargs={"connect_timeout": max(1, round(connect_timeout))},
-            **kwargs,
+            kwargs=self._connect_kwargs,
+            configure=self._configure_connection,
+            reset=options.reset,
+            timeout=options.timeout,
+            max_lifetime=options.max_lifetime,
+            max_idle=options.max_idle,
         )
 
     # --- what the supervisor calls ----------------------------------------
@@ -176,7 +237,7 @@ class SupervisedPool(ConnectionPool[Conn]):
         for _ in range(failed):
             self.run_task(AddConnection(self))
 
-    def invalidate(self) -> None:
+    def invalidate(self, error: BaseException | None = None) -> None:
         """Close every idle connection and mark those checked out to be closed
         on return; the slots wait for `refill()` instead of reconnecting to a
         server that just went away."""
@@ -187,16 +248,22 @@ class SupervisedPool(ConnectionPool[Conn]):
         with self._counts_lock:
             self._failed += len(conns)
         for conn in conns:
+            self._forget(conn, error)
             self._close_connection(conn)
 
     def ping_idle(self, idle_for: float, timeout: float) -> list[BaseException]:
-        """Ping the connections idle for *idle_for* seconds or more; replace the
-        dead ones. Returns the errors of the dead ones."""
+        """Ping the connections idle for *idle_for* seconds or more (at most
+        ``idle_limit``, the longest idle first); replace the dead ones.
+        Returns the errors of the dead ones."""
         now = monotonic()
         with self._lock:
-            stale = [c for c in self._pool if now - getattr(c, _IDLE_SINCE) >= idle_for]
+            stale = sorted(
+                (c for c in self._pool if now - getattr(c, _IDLE_SINCE) >= idle_for),
+                key=lambda c: float(getattr(c, _IDLE_SINCE)),
+            )[: self.options.idle_limit]
             for conn in stale:
                 self._pool.remove(conn)
+            self._stats[PINGS] += len(stale)
         errors = ping(stale, timeout)
         for conn in stale:
             if conn in errors:
@@ -204,6 +271,221 @@ class SupervisedPool(ConnectionPool[Conn]):
             else:
                 self._add_to_pool(conn)
         return list(errors.values())
+
+    def queue_state(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "queue_slow": self._codel.slow,
+                "queue_delay_ms": round(self._codel.delay * 1000, 3),
+                REQUESTS_DROPPED: self._codel.dropped,
+            }
+
+    # --- checkout: queue control ---------------------------------------------
+
+    def getconn(self, timeout: float | None = None) -> Conn:
+        """Obtain a connection, or raise `PoolTimeout` (`QueueTimeout` when
+        queue control dropped the request)."""
+        if timeout is None:
+            timeout = self.timeout
+        deadline = monotonic() + timeout
+        self._stats[self._REQUESTS_NUM] += 1
+        try:
+            self._check_open_getconn()
+            return self._getconn_with_check_loop(deadline)
+        except QueueTimeout as exc:
+            self._checkout_failed(exc)
+            raise
+        except PoolTimeout:
+            error = PoolTimeout(
+                f"couldn't get a connection from pool {self.name!r} after"
+                f" {timeout:.2f} s"
+            )
+            self._checkout_failed(error)
+            raise error from None
+        except (TooManyRequests, PoolClosed) as exc:
+            self._checkout_failed(exc)
+            raise
+
+    def _checkout_failed(self, error: BaseException) -> None:
+        signals.send(signals.checkout_error, self._sender, role=self.role, error=error)
+
+    def _getconn_unchecked(self, timeout: float) -> Conn:
+        with self._lock:
+            conn = self._get_ready_connection(timeout)
+            if conn is None:
+                if not self.options.queue:
+                    self._stats[self._REQUESTS_ERRORS] += 1
+                    raise QueueTimeout(
+                        f"connection not available in pool {self.name!r} and queuing"
+                        " is disabled (queue=False)"
+                    )
+                pos = _Waiter(monotonic())
+                self._waiting.append(pos)
+                self._stats[self._REQUESTS_QUEUED] += 1
+                self._maybe_grow_pool()
+        if conn is None:
+            try:
+                conn = pos.wait(timeout=timeout)
+            except BaseException:
+                with self._lock, suppress(ValueError):
+                    self._waiting.remove(pos)  # a timed-out client stops counting
+                if pos.conn:
+                    self.run_task(ReturnConnection(self, pos.conn, from_getconn=True))
+                self._stats[self._REQUESTS_ERRORS] += 1
+                raise
+            finally:
+                self._stats[self._REQUESTS_WAIT_MS] += int(
+                    1000.0 * (monotonic() - pos.sent)
+                )
+        conn._pool = self
+        return conn
+
+    def _get_ready_connection(self, timeout: float | None) -> Conn | None:
+        conn = super()._get_ready_connection(timeout)
+        while conn is not None and _closed_by_server(conn):
+            # Called under self._lock: close and replace outside it.
+            self.run_task(_Discard(self, conn))
+            conn = self._pool.popleft() if self._pool else None
+        return conn
+
+    def _add_to_pool(self, conn: Conn) -> None:
+        """Check-in: serve or drop waiters as queue control says, else pool it."""
+        setattr(conn, _IDLE_SINCE, monotonic())
+        conn._pool = None
+        if self._closed:
+            self._close_connection(conn)
+            return
+        dropped: list[tuple[_Waiter, float]] = []
+        with self._lock:
+            if self._closed:
+                self._close_connection(conn)
+                return
+            now = monotonic()
+            while self._waiting:
+                pos = self._waiting.popleft()
+                sent = pos.sent if isinstance(pos, _Waiter) else now
+                if self._codel.on_free(now, sent) is Action.DROP:
+                    dropped.append((pos, now - sent))  # type: ignore[arg-type]
+                elif pos.set(conn):
+                    break
+            else:
+                self._codel.on_free(now, None)
+                self._pool.append(conn)
+                if self._pool_full_event and len(self._pool) >= self._min_size:
+                    self._pool_full_event.set()
+        self._fail_waiters(dropped)
+
+    def _queue_poll(self) -> None:
+        """The poll timer: drop waiters when no connection comes back at all."""
+        dropped: list[tuple[_Waiter, float]] = []
+        with self._lock:
+            now = monotonic()
+            oldest = self._waiting[0] if self._waiting else None
+            sent = oldest.sent if isinstance(oldest, _Waiter) else None
+            cutoff = self._codel.on_poll(now, sent, busy=not self._pool)
+            if cutoff is not None:
+                keep: deque[WaitingClient[Conn]] = deque()
+                for pos in self._waiting:
+                    if isinstance(pos, _Waiter) and pos.sent < cutoff:
+                        dropped.append((pos, now - pos.sent))
+                    else:
+                        keep.append(pos)
+                self._waiting = keep
+                self._codel.count_dropped(len(dropped))
+        self._fail_waiters(dropped)
+
+    def _fail_waiters(self, dropped: list[tuple[_Waiter, float]]) -> None:
+        for pos, waited in dropped:
+            pos.fail(QueueTimeout(_drop_message(self.name, waited)))
+
+    # --- connections: hooks, announcements ----------------------------------------
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        """Per attempt: the user's parameters (a callable is called each time)."""
+        kwargs: dict[str, Any] = {
+            "connect_timeout": max(1, round(self.options.connect_timeout))
+        }
+        extra = self.options.kwargs
+        if callable(extra):
+            extra = extra()
+        if isinstance(extra, Mapping):
+            kwargs.update(extra)
+        return kwargs
+
+    def _configure_connection(self, conn: Conn) -> None:
+        """Run the user's configure hook under ``after_connect_timeout``: past
+        it, the server-side work is cancelled and the connection discarded."""
+        hook = self._user_configure
+        if hook is None:
+            return
+        timeout = self.options.after_connect_timeout
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with suppress(Exception):
+                conn.cancel_safe(timeout=1.0)
+
+        timer = threading.Timer(timeout, expire)
+        timer.name = f"{self.name}-after-connect"
+        timer.start()
+        try:
+            hook(conn)
+        except Exception:
+            conn.close()
+            if expired.is_set():
+                raise ConnectionFailed(
+                    f"the configure hook of pool {self.name!r} took longer than"
+                    f" after_connect_timeout ({timeout:g} s)"
+                ) from None
+            raise
+        finally:
+            timer.cancel()
+            timer.join()
+        if expired.is_set():
+            conn.close()
+            raise ConnectionFailed(
+                f"the configure hook of pool {self.name!r} took longer than"
+                f" after_connect_timeout ({timeout:g} s)"
+            )
+
+    def _announce(
+        self, event: str, connection_id: int, error: BaseException | None
+    ) -> None:
+        if event == "connected":
+            signals.send(
+                signals.connected,
+                self._sender,
+                role=self.role,
+                connection_id=connection_id,
+            )
+        else:
+            error = None if error is None else self._redact(error)
+            signals.send(
+                signals.disconnected,
+                self._sender,
+                role=self.role,
+                connection_id=connection_id,
+                error=error,
+            )
+        message = (
+            (event, connection_id)
+            if self._tag is None
+            else (event, connection_id, self._tag)
+        )
+        for listener in self._listeners:
+            try:
+                put = getattr(listener, "put", None)
+                (put or listener)(message)
+            except Exception:
+                logger.exception("connection listener %r raised; ignored", listener)
+
+    def _forget(self, conn: Conn, error: BaseException | None) -> None:
+        """Announce *conn*'s end, once."""
+        with self._counts_lock:
+            pid = self._live.pop(id(conn), None)
+        if pid is not None:
+            self._announce("disconnected", pid, error)
 
     # --- psycopg_pool hooks -----------------------------------------------
 
@@ -213,6 +495,7 @@ class SupervisedPool(ConnectionPool[Conn]):
         with self._counts_lock:
             self._failed += self._nconns
         self.schedule_task(ShrinkPool(self), self.max_idle)
+        self.schedule_task(_QueuePoll(self), self.options.queue_interval)
 
     def run_task(self, task: MaintenanceTask) -> None:
         if isinstance(task, AddConnection):
@@ -235,6 +518,10 @@ class SupervisedPool(ConnectionPool[Conn]):
                     self._growing = False
             self._on_event(PoolEvent("connect_failed", self, exc, started))
             return
+        pid = conn.info.backend_pid
+        with self._counts_lock:
+            self._live[id(conn)] = pid
+        self._announce("connected", pid, None)
         self._add_to_pool(conn)
         with self._counts_lock:
             self._owed -= 1
@@ -243,20 +530,24 @@ class SupervisedPool(ConnectionPool[Conn]):
                 self._growing = False
         self._on_event(PoolEvent("added", self))
 
-    def _add_to_pool(self, conn: Conn) -> None:
-        setattr(conn, _IDLE_SINCE, monotonic())
-        super()._add_to_pool(conn)
+    def _return_connection(self, conn: Conn, from_getconn: bool) -> None:
+        if conn.pgconn.transaction_status == pq.TransactionStatus.UNKNOWN:
+            self._forget(
+                conn,
+                psycopg.OperationalError(
+                    "the connection was found closed when returned to the pool"
+                ),
+            )
+        super()._return_connection(conn, from_getconn)
 
-    def _get_ready_connection(self, timeout: float | None) -> Conn | None:
-        conn = super()._get_ready_connection(timeout)
-        while conn is not None and _closed_by_server(conn):
-            # Called under self._lock: close and replace outside it.
-            self.run_task(_Discard(self, conn))
-            conn = self._pool.popleft() if self._pool else None
-        return conn
+    def _close_connection(self, conn: Conn) -> None:
+        self._forget(conn, None)
+        super()._close_connection(conn)
 
     def _discard(self, conn: Conn, error: BaseException) -> None:
         self._stats[self._CONNECTIONS_LOST] += 1
+        self._stats[CONNECTIONS_DISCARDED] += 1
+        self._forget(conn, error)
         self._close_connection(conn)
         self._on_event(PoolEvent("lost", self, error))
         self.run_task(AddConnection(self))
@@ -275,3 +566,12 @@ class _Discard(MaintenanceTask):
             self.conn,
             psycopg.OperationalError("the server closed an idle pooled connection"),
         )
+
+
+class _QueuePoll(MaintenanceTask):
+    """Queue control's poll timer; reschedules itself, like ShrinkPool."""
+
+    def _run(self, pool: ConnectionPool[Any]) -> None:
+        assert isinstance(pool, SupervisedPool)
+        pool.schedule_task(self, pool.options.queue_interval)
+        pool._queue_poll()

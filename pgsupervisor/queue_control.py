@@ -3,7 +3,7 @@
 Over each ``interval`` the rule tracks the smallest delay a checkout waited.
 If a whole interval went by with every checkout waiting longer than
 ``target``, the pool is *slow*: while slow, a waiter that has waited more
-than 2 × ``target`` is dropped instead of served, so a pool that cannot keep
+than twice ``target`` is dropped instead of served, so a pool that cannot keep
 up sheds load rather than queueing without bound. An interval whose minimum
 delay falls under ``target`` clears the flag. A poll every ``interval`` does
 the same when no connection comes back at all (the database is down).
@@ -76,8 +76,7 @@ class QueueControl:
         if self.slow and waited > self.drop_after:
             self.dropped += 1
             return Action.DROP
-        if waited < self.delay:
-            self.delay = waited
+        self.delay = min(self.delay, waited)
         return Action.SERVE
 
     def on_poll(

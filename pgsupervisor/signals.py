@@ -10,12 +10,17 @@ transaction again).
 ``status_changed(old, new)``
     The status moved from *old* to *new* (both `Status`). Supervisor thread,
     or the caller of ``start()``/``stop()``.
-``connected(role)``
-    The *role* (``"admin"``, ``"snapshot"`` or ``"replication"``) has all its
-    connections up again.
-``disconnected(role, error)``
-    The *role* lost a connection; *error* is the exception (redacted) or None
-    for a deliberate close.
+``connected(role, connection_id)``
+    A connection of *role* (``"admin"``, ``"snapshot"`` or ``"replication"``)
+    opened; *connection_id* is its server backend pid. From the pool worker
+    (or the supervisor, for the stream).
+``disconnected(role, connection_id, error)``
+    That connection closed; *error* is why, or None for a deliberate close
+    (expiry, shutdown).
+``checkout_error(role, error)``
+    A checkout failed: dropped by queue control (`QueueTimeout`), timed out
+    (`PoolTimeout`), too many waiters, or the pool is closed. From the
+    caller's thread.
 ``connection_error(role, error, attempt, delay)``
     An attempt to (re)connect failed. *attempt* counts from 1 since the last
     stable connection; *delay* is the number of seconds until the next
@@ -41,6 +46,7 @@ from typing import Any
 from blinker import NamedSignal, Namespace
 
 __all__ = [
+    "checkout_error",
     "connected",
     "connection_error",
     "disconnected",
@@ -60,8 +66,9 @@ logger = logging.getLogger("pgsupervisor")
 namespace = Namespace()
 
 status_changed = namespace.signal("status_changed", doc="old, new: Status")
-connected = namespace.signal("connected", doc="role")
-disconnected = namespace.signal("disconnected", doc="role, error")
+connected = namespace.signal("connected", doc="role, connection_id")
+disconnected = namespace.signal("disconnected", doc="role, connection_id, error")
+checkout_error = namespace.signal("checkout_error", doc="role, error")
 connection_error = namespace.signal(
     "connection_error", doc="role, error, attempt, delay"
 )

@@ -96,6 +96,7 @@ class ReplicationStream:
         timeline_store: TimelineStore,
         stack_id: str,
         connect_timeout: float,
+        connect_params: Callable[[], dict[str, Any]] = dict,
     ):
         self.sender = sender
         self.options = options
@@ -106,6 +107,8 @@ class ReplicationStream:
         self._progress = progress
         self._timeline_store = timeline_store
         self._connect_timeout = connect_timeout
+        self._connect_params = connect_params
+        self.backend_pid = 0
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -203,12 +206,14 @@ class ReplicationStream:
     def _connect(self) -> None:
         params = psycopg.conninfo.conninfo_to_dict(self._conninfo)
         params.setdefault("application_name", f"pgsupervisor-{self.stack_id}")
+        params.update(self._connect_params())
+        params["connect_timeout"] = max(1, round(self._connect_timeout))
         self._conn = psycopg.connect(
             psycopg.conninfo.make_conninfo("", **params),
             replication="database",
             autocommit=True,
-            connect_timeout=max(1, round(self._connect_timeout)),
         )
+        self.backend_pid = self._conn.info.backend_pid
         self.info = slot.server_info(self._conn)
 
     def _take_lock(self) -> None:
