@@ -2,6 +2,7 @@
 """Measure pgsupervisor's hot paths side by side with the reference, in one run.
 
     python scripts/bench.py pool [--dsn DSN] [--seconds 2] [--size 8]
+    python scripts/bench.py overload [--size 8] [--seconds 10]
     python scripts/bench.py replication [--big-mb 500]
 
 ``pool``: checkout + ``select 1`` + return through ``manager.snapshot_pool``
@@ -11,6 +12,10 @@ threads, alternating rounds to share the machine's noise; then the time from
 for a raw pool with ``check=ConnectionPool.check_connection``.
 
 Without --dsn it starts a throw-away cluster (needed for the restart part).
+
+``overload``: a pool of N and 5N clients running 50-100 ms queries: served/s,
+dropped checkouts and checkout-wait percentiles, pgsupervisor (queue control)
+vs raw psycopg_pool.
 
 ``replication``: fills three slots with the same changes (200k rows in
 1k-row transactions; 50k one-row transactions) and drains them with
@@ -186,6 +191,91 @@ def bench_recovery(cluster: Cluster, dsn: str, size: int, outage: float) -> None
     print(f"  pgsupervisor first query served {ours_served:8.3f}")
     print(f"  raw psycopg_pool (check) served {raw_served:8.3f}")
     print(f"  ratio raw / pgsupervisor        {raw_served / ours_served:8.1f}x")
+
+
+# --- overload ------------------------------------------------------------------
+
+
+def _overload(
+    pool: ConnectionPool[Any], clients: int, seconds: float
+) -> dict[str, float]:
+    """*clients* threads run 50-100 ms queries through *pool* for *seconds*."""
+    waits: list[float] = []
+    failures = [0]
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                with pool.connection(timeout=30) as conn:
+                    waited = time.monotonic() - started
+                    conn.execute(
+                        "select pg_sleep(%s)", (0.05 + 0.05 * ((i + n) % 11) / 10,)
+                    )
+                with lock:
+                    waits.append(waited)
+            except Exception:
+                with lock:
+                    failures[0] += 1
+            n += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    stop.wait(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    waits.sort()
+
+    def pct(p: float) -> float:
+        return waits[min(len(waits) - 1, int(p * len(waits)))] * 1000 if waits else 0.0
+
+    return {
+        "served": len(waits) / elapsed,
+        "dropped": failures[0],
+        "p50": pct(0.5),
+        "p95": pct(0.95),
+        "p99": pct(0.99),
+    }
+
+
+def bench_overload(dsn: str, size: int, seconds: float) -> None:
+    clients = 5 * size
+    raw = ConnectionPool(
+        dsn, min_size=size, max_size=size, open=True, name="raw", timeout=30
+    )
+    raw.wait()
+    manager = Manager(dsn, pool={"snapshot_size": size, "admin_size": 1, "timeout": 30})
+    manager.start()
+    manager.wait_active(timeout=30)
+    capacity = size / 0.075
+    print(
+        f"overload: pool of {size}, {clients} clients running 50-100 ms queries for"
+        f" {seconds:g} s (capacity about {capacity:.0f} queries/s)"
+    )
+    print(
+        f"{'pool':<18} {'served/s':>9} {'dropped':>8} {'p50 ms':>8} {'p95 ms':>8}"
+        f" {'p99 ms':>8}"
+    )
+    try:
+        for label, pool in (
+            ("raw psycopg_pool", raw),
+            ("pgsupervisor", manager.snapshot_pool),
+        ):
+            r = _overload(pool, clients, seconds)
+            print(
+                f"{label:<18} {r['served']:>9.1f} {r['dropped']:>8.0f} {r['p50']:>8.1f}"
+                f" {r['p95']:>8.1f} {r['p99']:>8.1f}"
+            )
+    finally:
+        raw.close()
+        manager.stop()
 
 
 # --- replication -------------------------------------------------------------
@@ -416,7 +506,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["pool", "replication"])
+    parser.add_argument("what", choices=["pool", "overload", "replication"])
     parser.add_argument(
         "--big-mb",
         type=int,
@@ -438,6 +528,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.what == "replication":
         bench_replication(args.big_mb)
+        return 0
+    if args.what == "overload":
+        if args.dsn:
+            bench_overload(args.dsn, args.size, args.seconds)
+            return 0
+        with Cluster() as cluster:
+            dsn = cluster.create_user("bench", "bench-pw", database="bench")
+            bench_overload(dsn, args.size, args.seconds)
         return 0
     if args.dsn:
         bench_pool(args.dsn, args.size, args.seconds, args.rounds)
