@@ -149,6 +149,24 @@ _FATAL_RULES: tuple[tuple[str, str | None, type[ConfigurationError]], ...] = (
     (r"permission denied", "42501", InsufficientPrivilege),
     (r"is not permitted to log in", None, AccessRejected),
 )
+# Retryable, but worth a word on what is going on.
+_RETRY_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        r"too many clients|remaining connection slots",
+        "the server's max_connections is reached; retrying until a slot frees",
+    ),
+    (
+        r"is active for PID",
+        "another walsender still holds the slot; retrying until it exits (at most"
+        " wal_sender_timeout after its client vanished)",
+    ),
+    (
+        r"the database system is (starting up|shutting down|in recovery)",
+        "the server is not accepting connections yet; retrying",
+    ),
+    (r"Connection refused", "nothing listens there; retrying"),
+)
+
 _FATAL_SQLSTATES = {
     "28P01": AuthenticationFailed,
     "28000": AccessRejected,
@@ -228,7 +246,10 @@ def classify(
     if cls is not None and issubclass(cls, ConfigurationError):
         error: PgSupervisorError = cls(f"{prefix}{message} ({cls.hint})")
     else:
-        error = ConnectionFailed(f"{prefix}{message}")
+        hint = next(
+            (h for pattern, h in _RETRY_HINTS if re.search(pattern, message)), None
+        )
+        error = ConnectionFailed(f"{prefix}{message}" + (f" ({hint})" if hint else ""))
     error.sqlstate = sqlstate  # type: ignore[attr-defined]
     if message == _message(exc):
         error.__cause__ = exc

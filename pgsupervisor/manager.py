@@ -51,6 +51,13 @@ __all__ = ["Manager"]
 logger = logging.getLogger("pgsupervisor")
 
 _STOP: Final = object()
+
+KEEPALIVES: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
 _NEVER: Final = float("inf")
 
 
@@ -98,6 +105,10 @@ class Manager:
         self.stack_id = stack_id
         self.conninfo = ConnInfo(
             conninfo, show_sensitive=show_sensitive_data_on_connection_error
+        )
+        # Every connection gets TCP keepalives unless the conninfo says otherwise.
+        self._dsn = self.conninfo.connect_string(
+            **{k: v for k, v in KEEPALIVES.items() if k not in self.conninfo.params}
         )
         self.pool_options = coerce(PoolOptions, pool, "pool")
         self.replication = coerce_replication(replication)
@@ -148,7 +159,7 @@ class Manager:
 
     def _make_pool(self, role: str) -> SupervisedPool:
         return SupervisedPool(
-            self.conninfo.connect_string(),
+            self._dsn,
             role=role,
             size=self.pool_sizes[role],
             name=f"{self.stack_id}-{role}",
@@ -327,9 +338,7 @@ class Manager:
                 "connect_timeout": max(1, round(timeout)),
                 **self._connect_params(),
             }
-            with psycopg.connect(
-                self.conninfo.connect_string(), autocommit=True, **params
-            ) as conn:
+            with psycopg.connect(self._dsn, autocommit=True, **params) as conn:
                 self.pg_version = conn.info.server_version
                 try:
                     row = conn.execute(
@@ -418,7 +427,7 @@ class Manager:
             return
         self._up.discard(role)
         error = event.error or ConnectionFailed(f"a {role} connection failed")
-        if self._restart_storm(event.pool):
+        if self._restart_storm(event):
             raise _RoleError(role, error, server_down=True)
         if event.kind == "connect_failed":
             raise _RoleError(role, error)
@@ -431,10 +440,17 @@ class Manager:
         opts = self.pool_options
         self._probe_server(min(opts.connect_timeout, opts.ping_timeout))
 
-    def _restart_storm(self, pool: SupervisedPool) -> bool:
-        """More than ``max_restarts`` failures within ``max_seconds``: stop
-        replacing connections one by one and rebuild with backoff."""
+    def _restart_storm(self, event: PoolEvent) -> bool:
+        """More than ``max_restarts`` losses of young connections (replacements
+        that died again) within ``max_seconds``: stop replacing them one by
+        one and rebuild with backoff. Losing connections that had lived longer
+        is not churn and never counts."""
+        pool = event.pool
         opts = pool.options
+        if event.kind == "lost" and (
+            event.age is None or event.age >= opts.max_seconds
+        ):
+            return False
         now = self._clock()
         times = self._failures.setdefault(pool.role, [])
         times[:] = [t for t in times if now - t < opts.max_seconds]
@@ -501,7 +517,7 @@ class Manager:
         self._stream_restart_at = _NEVER
         self._stream = ReplicationStream(
             sender=self,
-            conninfo=self.conninfo.connect_string(),
+            conninfo=self._dsn,
             options=self.replication,
             admin_pool=self.admin_pool,
             on_event=self._events.put,
@@ -510,6 +526,7 @@ class Manager:
             stack_id=self.stack_id,
             connect_timeout=self.pool_options.connect_timeout,
             connect_params=self._connect_params,
+            liveness=(self.pool_options.idle_interval, self.pool_options.ping_timeout),
         )
         self._stream.start()
 

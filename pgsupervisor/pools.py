@@ -72,6 +72,7 @@ class PoolEvent:
     pool: SupervisedPool
     error: BaseException | None = None
     started: float = 0.0  # monotonic time the connection attempt began
+    age: float | None = None  # how long a lost connection had lived
 
 
 def _finish(pgconn: pq.abc.PGconn) -> None:
@@ -547,9 +548,10 @@ class SupervisedPool(ConnectionPool[Conn]):
     def _discard(self, conn: Conn, error: BaseException) -> None:
         self._stats[self._CONNECTIONS_LOST] += 1
         self._stats[CONNECTIONS_DISCARDED] += 1
+        age = monotonic() - getattr(conn, "_created_at", 0.0)
         self._forget(conn, error)
         self._close_connection(conn)
-        self._on_event(PoolEvent("lost", self, error))
+        self._on_event(PoolEvent("lost", self, error, age=age))
         self.run_task(AddConnection(self))
 
 

@@ -69,11 +69,13 @@ class StreamEvent:
 
 
 class Progress:
-    """End LSN of the last transaction every receiver returned for; shared
-    across the stream's restarts so nothing is delivered twice."""
+    """What outlives one stream: the end LSN of the last transaction every
+    receiver returned for (so nothing is delivered twice), and whether the
+    slot has been streamed from (so a vanished slot counts as lost)."""
 
     def __init__(self) -> None:
         self.delivered_lsn = 0
+        self.slot_seen = False
 
 
 def _pg_now() -> int:
@@ -97,6 +99,7 @@ class ReplicationStream:
         stack_id: str,
         connect_timeout: float,
         connect_params: Callable[[], dict[str, Any]] = dict,
+        liveness: tuple[float, float] = (1.0, 5.0),
     ):
         self.sender = sender
         self.options = options
@@ -108,6 +111,7 @@ class ReplicationStream:
         self._timeline_store = timeline_store
         self._connect_timeout = connect_timeout
         self._connect_params = connect_params
+        self._liveness = liveness  # (probe after silence, answer within)
         self.backend_pid = 0
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -181,6 +185,7 @@ class ReplicationStream:
             self._ensure_slot()
             self._check_timeline()
             self._start_replication()
+            self._progress.slot_seen = True
             self.streaming = True
             self._delivery.start()
             self._post("streaming")
@@ -241,16 +246,22 @@ class ReplicationStream:
             slot.check_slot(state, opts.slot_name, self.info.dbname)
             if state.wal_status != "lost":
                 return
+        vanished = state is None and self._progress.slot_seen and not opts.temporary
+        if state is not None or vanished:
+            what = (
+                "was dropped" if vanished else "lost WAL it needed (wal_status 'lost')"
+            )
             if opts.lost_slot == "fail":
                 raise slot.SlotLost(
-                    f"replication slot {opts.slot_name!r} lost WAL it needed"
-                    f" (wal_status 'lost'); changes were missed ({slot.SlotLost.hint})"
+                    f"replication slot {opts.slot_name!r} {what}; changes were missed"
+                    f" ({slot.SlotLost.hint})"
                 )
             logger.warning(
-                "[%s] slot %r was lost; recreating it", self.stack_id, opts.slot_name
+                "[%s] slot %r %s; recreating it", self.stack_id, opts.slot_name, what
             )
-            with self._admin_pool.connection() as admin:
-                slot.drop_slot(admin, opts.slot_name)
+            if state is not None:
+                with self._admin_pool.connection() as admin:
+                    slot.drop_slot(admin, opts.slot_name)
             self._progress.delivered_lsn = 0
             self._acked_lsn = 0
             signals.send(signals.slot_recreated, self.sender, slot_name=opts.slot_name)
@@ -384,6 +395,13 @@ class ReplicationStream:
             raise error
 
     def _stream(self) -> None:
+        """Read, decode and acknowledge until stopped or broken.
+
+        Liveness: after ``probe_after`` seconds of silence a status update
+        goes out asking the server to answer at once; silence past
+        *receive_timeout* (default ``probe_after`` + ``ping_timeout``) means
+        the peer is gone, even if TCP never says so.
+        """
         assert self._conn is not None and self.info is not None
         pgconn = self._conn.pgconn
         fd = pgconn.socket
@@ -392,9 +410,12 @@ class ReplicationStream:
         interval = opts.status_interval
         if sender_timeout > 0:
             interval = min(interval, sender_timeout / 2)
-        receive_timeout = opts.receive_timeout or (sender_timeout * 1.5 or None)
+        probe_after, ping_timeout = self._liveness
+        receive_timeout = opts.receive_timeout or probe_after + ping_timeout
+        probe_after = min(probe_after, receive_timeout / 2)
         next_status = monotonic() + interval
         last_received = monotonic()
+        probed = False
         pause_at = opts.max_pending_changes
         while True:
             if self._stopping.is_set():
@@ -404,8 +425,9 @@ class ReplicationStream:
             paused = self._pending_changes >= pause_at
             now = monotonic()
             deadline = next_status
-            if receive_timeout and not paused:
-                deadline = min(deadline, last_received + receive_timeout)
+            if not paused:
+                wake_for = receive_timeout if probed else probe_after
+                deadline = min(deadline, last_received + wake_for)
             self._wait(fd, 0 if paused else select.POLLIN, deadline - now)
             if paused:
                 last_received = monotonic()  # not reading is our choice
@@ -420,16 +442,20 @@ class ReplicationStream:
                             "the server ended the replication stream"
                         )
                     last_received = monotonic()
+                    probed = False
                     self._handle(bytes(data))
             now = monotonic()
-            if self._reply_requested or now >= next_status:
-                self._send_status()
-                next_status = now + interval
-            if receive_timeout and now - last_received > receive_timeout:
+            silent = now - last_received
+            if silent > receive_timeout:
                 raise ConnectionFailed(
-                    f"no message from the server for {receive_timeout:g} s"
-                    " (wal_sender_timeout x 1.5): the connection is presumed dead"
+                    f"no message from the server for {silent:.1f} s, not even an"
+                    " answer to a keepalive request: the connection is presumed dead"
                 )
+            ask = not probed and silent >= probe_after
+            if ask or self._reply_requested or now >= next_status:
+                self._send_status(ask_reply=ask)
+                probed = probed or ask
+                next_status = now + interval
 
     def _handle(self, data: bytes) -> None:
         kind = data[0]
@@ -455,7 +481,7 @@ class ReplicationStream:
             self._pending_changes += len(tx.changes) + 1
             self._cond.notify_all()
 
-    def _send_status(self) -> None:
+    def _send_status(self, *, ask_reply: bool = False) -> None:
         assert self._conn is not None
         pgconn = self._conn.pgconn
         with self._cond:
@@ -465,7 +491,7 @@ class ReplicationStream:
             # Nothing pending: let an idle slot release WAL up to the server's end.
             flush = max(flush, self._server_wal_end, self._received_lsn)
         write = max(flush, self._received_lsn)
-        message = _STATUS.pack(b"r", write, flush, flush, _pg_now(), 0)
+        message = _STATUS.pack(b"r", write, flush, flush, _pg_now(), int(ask_reply))
         while pgconn.put_copy_data(message) == 0:
             self._wait(pgconn.socket, select.POLLOUT, 1.0)
         while pgconn.flush():

@@ -382,15 +382,16 @@ class Cluster:
         dbname: str = "postgres",
         **params: Any,
     ) -> str:
-        """A TCP conninfo (password authentication) for *user*."""
-        return make_conninfo(
-            host="127.0.0.1",
-            port=self.port,
-            user=user,
-            password=password,
-            dbname=dbname,
-            **params,
-        )
+        """A TCP conninfo (password authentication) for *user*; *params* add to
+        or override it (``port=`` of a proxy, say)."""
+        base: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": user,
+            "password": password,
+            "dbname": dbname,
+        }
+        return make_conninfo(**{**base, **params})
 
     def admin_dsn(self, dbname: str = "postgres") -> str:
         """A unix-socket conninfo for the superuser (trust, no password)."""
