@@ -108,7 +108,7 @@ def test_timeout_still_bounds_the_wait_and_is_signalled(app_dsn: str) -> None:
     with running(manager):
         manager.wait_active(timeout=10)
         held = manager.snapshot_pool.getconn()
-        with pytest.raises(PoolTimeout, match="after 0.30 s"):
+        with pytest.raises(PoolTimeout, match=r"after 0\.30 s"):
             manager.snapshot_pool.getconn(timeout=0.3)
         manager.snapshot_pool.putconn(held)
         # the timed-out waiter left the queue: nobody counts as waiting
