@@ -140,6 +140,7 @@ _FATAL_RULES: tuple[tuple[str, str | None, type[ConfigurationError]], ...] = (
     (r"authentication failed for user", None, AuthenticationFailed),
     (r"database \".*\" does not exist", "3D000", DatabaseNotFound),
     (r"role \".*\" does not exist", None, RoleNotFound),
+    (r"no pg_hba\.conf entry .*(SSL off|no encryption)", None, SSLFailed),
     (r"no pg_hba\.conf entry", None, AccessRejected),
     (r"server does not support SSL|SSL error: certificate verify", None, SSLFailed),
     (r"sslmode value .* invalid|SSL connection is required", None, SSLFailed),

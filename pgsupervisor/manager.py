@@ -23,6 +23,7 @@ from psycopg_pool import PoolTimeout
 
 from . import signals
 from .backoff import Backoff, Retry
+from .deadline import Interrupter, bounded, bounded_connection
 from .errors import (
     ConnectionFailed,
     ManagerStopped,
@@ -135,6 +136,7 @@ class Manager:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._drop_slot = False
+        self._interrupter = Interrupter()  # stop() breaks the supervisor's queries
 
         # Supervisor thread only, from here to the end of __init__.
         self._retry: Retry = self.backoff.start()
@@ -268,7 +270,10 @@ class Manager:
             self._stopping.set()
             thread = self._thread
         if first:
+            for pool in self.pools:
+                pool.begin_close()
             self._events.put(_STOP)
+            self._interrupter.interrupt()
         if thread is not None:
             thread.join(max(0.0, deadline - self._clock()))
             if thread.is_alive():
@@ -341,10 +346,14 @@ class Manager:
             with psycopg.connect(self._dsn, autocommit=True, **params) as conn:
                 self.pg_version = conn.info.server_version
                 try:
-                    row = conn.execute(
-                        "SELECT (SELECT system_identifier FROM pg_control_system()),"
-                        " (SELECT timeline_id FROM pg_control_checkpoint())"
-                    ).fetchone()
+                    with bounded(
+                        conn, timeout, "server identity query", self._interrupter
+                    ):
+                        row = conn.execute(
+                            "SELECT (SELECT system_identifier"
+                            "   FROM pg_control_system()),"
+                            " (SELECT timeline_id FROM pg_control_checkpoint())"
+                        ).fetchone()
                 except psycopg.errors.InsufficientPrivilege:
                     row = None
                 if row:
@@ -643,7 +652,12 @@ class Manager:
         if opts.lock_breaker is False:
             return
         try:
-            with self.admin_pool.connection(timeout=1) as admin:
+            with bounded_connection(
+                self.admin_pool,
+                self.pool_options.ping_timeout,
+                "lock holder query",
+                self._interrupter,
+            ) as admin:
                 holder = slot.lock_holder(admin, opts.slot_name)
                 if holder is None or holder["slot_active"]:
                     self._lock_suspect = None
@@ -673,7 +687,12 @@ class Manager:
     def _send_lag(self) -> None:
         assert self.replication is not None
         try:
-            with self.admin_pool.connection(timeout=1) as admin:
+            with bounded_connection(
+                self.admin_pool,
+                self.pool_options.ping_timeout,
+                "replication lag query",
+                self._interrupter,
+            ) as admin:
                 row = admin.execute(
                     "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint,"
                     " (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint"

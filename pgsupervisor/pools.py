@@ -199,6 +199,7 @@ class SupervisedPool(ConnectionPool[Conn]):
         self._counts_lock = threading.Lock()
         self._owed = 0  # AddConnection tasks queued or running
         self._failed = 0  # slots whose attempt failed, until refill()
+        self._closing = False
         self._live: dict[int, int] = {}  # id(conn) -> backend pid
         # Guarded by psycopg_pool's _lock.
         self._codel = QueueControl(
@@ -237,6 +238,11 @@ class SupervisedPool(ConnectionPool[Conn]):
             failed, self._failed = self._failed, 0
         for _ in range(failed):
             self.run_task(AddConnection(self))
+
+    def begin_close(self) -> None:
+        """Open no more connections: the pool is about to close, and a
+        connection attempt against a dead server would hold close() up."""
+        self._closing = True
 
     def invalidate(self, error: BaseException | None = None) -> None:
         """Close every idle connection and mark those checked out to be closed
@@ -508,6 +514,11 @@ class SupervisedPool(ConnectionPool[Conn]):
         self, attempt: AttemptWithBackoff | None, growing: bool = False
     ) -> None:
         started = monotonic()
+        if self._closing or self._closed:
+            with self._counts_lock:
+                self._owed -= 1
+                self._failed += 1
+            return
         try:
             conn = self._connect()
         except Exception as exc:

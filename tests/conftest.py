@@ -45,3 +45,41 @@ def no_thread_leak() -> Iterator[None]:
     yield
     leaked = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leaked, f"threads left behind: {leaked}"
+
+
+class FaultTimings:
+    """Detection and recovery times the fault tests measured, for the summary."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, float]] = []
+
+    def record(self, case: str, what: str, seconds: float) -> None:
+        self.rows.append((case, what, seconds))
+
+
+_TIMINGS = FaultTimings()
+
+
+@pytest.fixture
+def timings() -> FaultTimings:
+    return _TIMINGS
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _TIMINGS.rows:
+        return
+    terminalreporter.section("fault timings (seconds)")
+    grouped: dict[tuple[str, str], list[float]] = {}
+    for case, what, seconds in _TIMINGS.rows:
+        grouped.setdefault((case, what), []).append(seconds)
+    width = max(len(f"{c}: {w}") for c, w in grouped)
+    for (case, what), values in grouped.items():
+        label = f"{case}: {what}".ljust(width)
+        if len(values) == 1:
+            terminalreporter.write_line(f"{label}  {values[0]:7.3f}")
+        else:
+            values.sort()
+            terminalreporter.write_line(
+                f"{label}  median {values[len(values) // 2]:7.3f}"
+                f"  max {values[-1]:7.3f}  (n={len(values)})"
+            )

@@ -27,7 +27,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from time import monotonic
@@ -38,6 +38,7 @@ from psycopg import pq, sql
 from psycopg_pool import ConnectionPool
 
 from .. import signals
+from ..deadline import Interrupter, bounded, bounded_connection, shutdown
 from ..errors import ConnectionFailed
 from ..options import ReplicationOptions
 from ..timeline import TimelineStore, check_timeline
@@ -46,6 +47,13 @@ from .lsn import format_lsn
 from .pgoutput import PG_EPOCH, Assembler, Transaction
 
 __all__ = ["Progress", "ReplicationStream", "StreamEvent"]
+
+
+def _is_publication_gap(error: BaseException) -> bool:
+    return isinstance(error, psycopg.errors.UndefinedObject) and "publication" in str(
+        error
+    )
+
 
 logger = logging.getLogger("pgsupervisor")
 
@@ -76,6 +84,7 @@ class Progress:
     def __init__(self) -> None:
         self.delivered_lsn = 0
         self.slot_seen = False
+        self.slot_unusable = False  # cannot decode on: recreate it
 
 
 def _pg_now() -> int:
@@ -114,6 +123,7 @@ class ReplicationStream:
         self._liveness = liveness  # (probe after silence, answer within)
         self.backend_pid = 0
         self._stopping = threading.Event()
+        self._interrupter = Interrupter()  # stop() breaks blocking admin queries
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -153,10 +163,15 @@ class ReplicationStream:
         once streaming has ended."""
         self._drop_slot = drop_slot
         self._stopping.set()
+        self._interrupter.interrupt()
         self._wake()
         with self._cond:
             self._cond.notify_all()
         deadline = monotonic() + timeout
+        if self._thread.ident is not None:
+            self._thread.join(min(0.5, timeout / 2))
+            if self._thread.is_alive() and self._conn is not None:
+                shutdown(self._conn)  # stuck in a call the server never answers
         for thread in (self._thread, self._delivery):
             if thread.ident is not None:
                 thread.join(max(0.0, deadline - monotonic()))
@@ -180,7 +195,7 @@ class ReplicationStream:
         try:
             self._connect()
             self._take_lock()
-            with self._admin_pool.connection() as admin:
+            with self._admin() as admin:
                 self.publication_created = slot.ensure_publication(admin, self.options)
             self._ensure_slot()
             self._check_timeline()
@@ -208,6 +223,18 @@ class ReplicationStream:
             self._wake_r.close()
             self._wake_w.close()
 
+    @contextlib.contextmanager
+    def _admin(self) -> Iterator[psycopg.Connection[Any]]:
+        """An admin connection whose calls are bounded: a vanished server must
+        not hang the stream thread (stop() could not join it)."""
+        with bounded_connection(
+            self._admin_pool,
+            self._connect_timeout,
+            "admin query of the stream",
+            self._interrupter,
+        ) as conn:
+            yield conn
+
     def _connect(self) -> None:
         params = psycopg.conninfo.conninfo_to_dict(self._conninfo)
         params.setdefault("application_name", f"pgsupervisor-{self.stack_id}")
@@ -219,12 +246,15 @@ class ReplicationStream:
             autocommit=True,
         )
         self.backend_pid = self._conn.info.backend_pid
-        self.info = slot.server_info(self._conn)
+        with bounded(self._conn, self._connect_timeout, "IDENTIFY_SYSTEM"):
+            self.info = slot.server_info(self._conn)
 
     def _take_lock(self) -> None:
         assert self._conn is not None
         name = self.options.slot_name
-        if not slot.try_lock(self._conn, name):
+        with bounded(self._conn, self._connect_timeout, "the slot lock query"):
+            free = slot.try_lock(self._conn, name)
+        if not free:
             self._post("waiting")
             text = sql.SQL("SELECT pg_advisory_lock(" + slot.LOCK_KEY + ")").format(
                 sql.Literal(name)
@@ -240,17 +270,23 @@ class ReplicationStream:
     def _ensure_slot(self) -> None:
         assert self._conn is not None and self.info is not None
         opts = self.options
-        with self._admin_pool.connection() as admin:
+        with self._admin() as admin:
             state = slot.slot_state(admin, opts.slot_name)
+        unusable, self._progress.slot_unusable = self._progress.slot_unusable, False
         if state is not None:
             slot.check_slot(state, opts.slot_name, self.info.dbname)
-            if state.wal_status != "lost":
+            if state.wal_status != "lost" and not unusable:
                 return
         vanished = state is None and self._progress.slot_seen and not opts.temporary
         if state is not None or vanished:
-            what = (
-                "was dropped" if vanished else "lost WAL it needed (wal_status 'lost')"
-            )
+            if vanished:
+                what = "was dropped"
+            elif unusable:
+                what = (
+                    "cannot decode past changes made while the publication was missing"
+                )
+            else:
+                what = "lost WAL it needed (wal_status 'lost')"
             if opts.lost_slot == "fail":
                 raise slot.SlotLost(
                     f"replication slot {opts.slot_name!r} {what}; changes were missed"
@@ -260,7 +296,7 @@ class ReplicationStream:
                 "[%s] slot %r %s; recreating it", self.stack_id, opts.slot_name, what
             )
             if state is not None:
-                with self._admin_pool.connection() as admin:
+                with self._admin() as admin:
                     slot.drop_slot(admin, opts.slot_name)
             self._progress.delivered_lsn = 0
             self._acked_lsn = 0
@@ -278,7 +314,7 @@ class ReplicationStream:
         logger.info("[%s] created replication slot %r", self.stack_id, opts.slot_name)
 
     def _report_blockers(self) -> None:
-        with self._admin_pool.connection() as admin:
+        with self._admin() as admin:
             blockers = slot.blocking_transactions(admin)
         logger.warning(
             "[%s] creating slot %r waits for running transactions to finish: %s",
@@ -438,9 +474,7 @@ class ReplicationStream:
                     if nbytes == 0:
                         break
                     if nbytes == -1:
-                        raise ConnectionFailed(
-                            "the server ended the replication stream"
-                        )
+                        self._raise_copy_end()
                     last_received = monotonic()
                     probed = False
                     self._handle(bytes(data))
@@ -456,6 +490,32 @@ class ReplicationStream:
                 self._send_status(ask_reply=ask)
                 probed = probed or ask
                 next_status = now + interval
+
+    def _raise_copy_end(self) -> None:
+        """The server ended COPY: raise its error, or say it ended cleanly."""
+        assert self._conn is not None
+        pgconn = self._conn.pgconn
+        while (result := pgconn.get_result()) is not None:
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                error = psycopg.errors.error_from_result(result)
+                if _is_publication_gap(error):
+                    raise self._publication_gap(error)
+                raise error
+        raise ConnectionFailed("the server ended the replication stream")
+
+    def _publication_gap(self, error: psycopg.Error) -> Exception:
+        """Changes committed while the publication was missing cannot be
+        decoded: pgoutput reads publications at each change's position. The
+        slot is as good as lost."""
+        name, what = self.options.slot_name, self.options.publication
+        message = (
+            f"publication {what!r} was missing when changes were committed, and"
+            f" slot {name!r} cannot decode past them ({error})"
+        )
+        if self.options.lost_slot == "fail":
+            return slot.SlotLost(f"{message} ({slot.SlotLost.hint})")
+        self._progress.slot_unusable = True
+        return ConnectionFailed(f"{message}; recreating the slot")
 
     def _handle(self, data: bytes) -> None:
         kind = data[0]

@@ -115,6 +115,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _children(pid: int) -> list[int]:
+    """The direct children of *pid* (Linux /proc), empty if unknown."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    """True while *pid* runs; a zombie counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def _server_user() -> pwd.struct_passwd | None:
     """The unprivileged user to run the server as, or None if we are not root."""
     if os.geteuid() != 0:
@@ -333,14 +351,27 @@ class Cluster:
                 return
         self._proc = None
 
-    def kill(self) -> None:
-        """SIGKILL the postmaster and every backend, like a crash."""
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the postmaster and every backend, like a crash.
+
+        Backends call setsid(), so the postmaster's process group does not
+        reach them: they are found through /proc and killed one by one, and
+        the call returns once they are gone (so a restart never meets their
+        shared memory)."""
         if self._proc is None:
             return
+        children = _children(self._proc.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, signal.SIGKILL)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self._proc.wait()
         self._proc = None
+        deadline = monotonic() + timeout
+        pause = threading.Event()
+        while any(_alive(pid) for pid in children) and monotonic() < deadline:
+            pause.wait(0.01)
 
     def restart(self, mode: StopMode = "fast") -> None:
         self.stop(mode)

@@ -75,6 +75,7 @@ class FaultProxy:
         self._port = port
         self._open_listener()
         self._pipes: dict[socket.socket, _Pipe] = {}  # keyed by source socket
+        self._eof_held: set[socket.socket] = set()  # closes a partition held back
         self._delayed: list[tuple[float, int, _Pipe, bytes]] = []
         self._seq = itertools.count()
         self._stopping = False
@@ -264,6 +265,12 @@ class FaultProxy:
         except OSError:
             data = b""
         if not data:
+            if self._holds(pipe):
+                # Partitioned: the other side must not hear of the close either.
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(sock)
+                self._eof_held.add(sock)
+                return
             self._close_pair(sock)
             return
         with self._lock:
@@ -283,7 +290,16 @@ class FaultProxy:
                 pipe.buffer.append(data)
 
     def _update_interest(self) -> None:
+        for sock in list(self._eof_held):
+            pipe = self._pipes.get(sock)
+            if pipe is None:
+                self._eof_held.discard(sock)
+            elif not self._holds(pipe) and not pipe.buffer:
+                self._eof_held.discard(sock)
+                self._close_pair(sock)
         for sock, pipe in list(self._pipes.items()):
+            if sock in self._eof_held:
+                continue
             # sock reads into pipe; sock is written from the opposite pipe
             opposite = self._pipes.get(pipe.dst)
             events = selectors.EVENT_READ

@@ -78,33 +78,33 @@ class Collector:
 
     def __init__(self, manager: Manager) -> None:
         self.transactions: list[Any] = []
-        self._cond = threading.Condition()
+        self._ids: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
         self.fail_next = 0  # raise on the next N deliveries
         signals.transaction.connect(self, sender=manager)
 
     def __call__(self, sender: Any, transaction: Any) -> None:
-        with self._cond:
+        with self._lock:
             if self.fail_next:
                 self.fail_next -= 1
                 raise RuntimeError(f"receiver refuses {transaction!r}")
             self.transactions.append(transaction)
-            self._cond.notify_all()
+            for change in transaction.changes:
+                if change.op == "insert":
+                    self._ids.setdefault(change.table, []).append(change.new["id"])
 
     @property
     def changes(self) -> list[Any]:
-        with self._cond:
+        with self._lock:
             return [c for tx in self.transactions for c in tx.changes]
 
     def inserted_ids(self, table: str = "items") -> list[int]:
-        return [
-            c.new["id"] for c in self.changes if c.op == "insert" and c.table == table
-        ]
+        with self._lock:
+            return list(self._ids.get(table, []))
 
     def wait_for(self, predicate: Any, timeout: float = 15.0) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: predicate(self._unlocked()), timeout), (
-                f"not delivered within {timeout} s; got {len(self.transactions)} transactions"
-            )
-
-    def _unlocked(self) -> Collector:
-        return self
+        """Check *predicate* every 50 ms (not on every delivery: with tens of
+        thousands of transactions that would be quadratic)."""
+        assert eventually(lambda: predicate(self), timeout), (
+            f"not delivered within {timeout} s; got {len(self.transactions)} transactions"
+        )

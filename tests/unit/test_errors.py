@@ -30,9 +30,18 @@ PREFIX = 'connection failed: connection to server at "127.0.0.1", port 5432 fail
         ('FATAL:  database "nope" does not exist', DatabaseNotFound),
         ('FATAL:  role "ghost" does not exist', RoleNotFound),
         (
+            'FATAL:  no pg_hba.conf entry for host "127.0.0.1", user "a", database "b"',
+            AccessRejected,
+        ),
+        (  # the server wants SSL for this host: an sslmode mismatch
             'FATAL:  no pg_hba.conf entry for host "127.0.0.1", user "a",'
             ' database "b", SSL off',
-            AccessRejected,
+            SSLFailed,
+        ),
+        (
+            'FATAL:  no pg_hba.conf entry for host "127.0.0.1", user "a",'
+            ' database "b", no encryption',
+            SSLFailed,
         ),
         ("server does not support SSL, but SSL was required", SSLFailed),
         (
