@@ -547,6 +547,8 @@ class Manager:
         drop = final and self._drop_slot and self.replication is not None
         if stream is not None:
             self._retire(stream, drop_slot=drop)
+            if stream.dropped:
+                drop = False  # done on the stream's own connection
             if stream.streaming:
                 signals.send(
                     signals.disconnected,
@@ -561,19 +563,25 @@ class Manager:
     def _retire(self, stream: ReplicationStream, *, drop_slot: bool = False) -> None:
         """Join a stream's threads; remember whether it created the
         publication, which stop() may have to drop."""
-        stream.stop(drop_slot=drop_slot)
+        self._publication_created |= stream.publication_created
+        stream.stop(
+            drop_slot=drop_slot,
+            drop_publication=drop_slot and self._publication_created,
+        )
         self._publication_created |= stream.publication_created
 
     def _drop_publication(self) -> None:
+        """No stream ran at the final stop: drop the slot (if inactive) and
+        the publication through the admin pool, best effort."""
         assert self.replication is not None
-        if not self._publication_created:
-            return
         try:
-            with self.admin_pool.connection(timeout=5) as admin:
-                slot.drop_publication(admin, self.replication.publication)
+            with self.admin_pool.connection(timeout=2) as admin:
+                slot.drop_slot(admin, self.replication.slot_name)
+                if self._publication_created:
+                    slot.drop_publication(admin, self.replication.publication)
         except (psycopg.Error, PoolTimeout) as exc:
             logger.warning(
-                "[%s] could not drop the publication: %s", self.stack_id, exc
+                "[%s] could not drop the slot and publication: %s", self.stack_id, exc
             )
 
     def _on_stream_event(self, event: StreamEvent) -> None:

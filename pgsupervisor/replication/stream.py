@@ -132,6 +132,8 @@ class ReplicationStream:
         self.streaming = False
         self.publication_created = False
         self._drop_slot = False
+        self._drop_publication = False
+        self.dropped = False  # the slot and publication asked for are gone
 
         # Shared with the delivery thread, guarded by _cond.
         self._cond = threading.Condition()
@@ -157,11 +159,18 @@ class ReplicationStream:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0, *, drop_slot: bool = False) -> bool:
+    def stop(
+        self,
+        timeout: float = 10.0,
+        *,
+        drop_slot: bool = False,
+        drop_publication: bool = False,
+    ) -> bool:
         """Ask both threads to end and join them; False if one is still alive.
-        With *drop_slot*, the slot is dropped on the stream's own connection
-        once streaming has ended."""
+        With *drop_slot* (and *drop_publication*), they are dropped on the
+        stream's own connection once streaming has ended, Electric's order."""
         self._drop_slot = drop_slot
+        self._drop_publication = drop_publication
         self._stopping.set()
         self._interrupter.interrupt()
         self._wake()
@@ -583,6 +592,17 @@ class ReplicationStream:
                     self.stack_id,
                     self.options.slot_name,
                 )
+                if self._drop_publication:
+                    query = sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+                        sql.Identifier(self.options.publication)
+                    )
+                    self._query(query.as_string(conn), interruptible=False)
+                    logger.info(
+                        "[%s] dropped publication %r",
+                        self.stack_id,
+                        self.options.publication,
+                    )
+                self.dropped = True
         except (psycopg.Error, _Stop) as exc:
             logger.warning("[%s] while stopping the stream: %s", self.stack_id, exc)
 
