@@ -210,7 +210,7 @@ LEADER = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_follower_takes_over_when_the_leader_process_is_killed(
-    repl_db, tmp_path
+    repl_db, tmp_path, timings
 ) -> None:
     dsn, slot = repl_db
     execute(dsn, TABLE)
@@ -234,7 +234,8 @@ def test_follower_takes_over_when_the_leader_process_is_killed(
             takeover = time.monotonic() - killed
             execute(dsn, ("insert into items values (2, 'after')", ()))
             got.wait_for(lambda c: 2 in c.inserted_ids())
-        assert takeover < 5
+        timings.record("4 takeover", "follower ACTIVE after leader kill -9", takeover)
+        assert takeover < 3
         # row 1 was committed while the leader streamed but it never confirmed
         # it past its status interval: at-least-once means the follower gets it
         assert got.inserted_ids() in ([1, 2], [2])
