@@ -7,6 +7,7 @@ from .backoff import Backoff
 from .errors import (
     ConfigurationError,
     ConnectionFailed,
+    ForkedManager,
     ManagerStopped,
     OptionError,
     PgSupervisorError,
@@ -24,6 +25,7 @@ __all__ = [
     "Backoff",
     "ConfigurationError",
     "ConnectionFailed",
+    "ForkedManager",
     "Manager",
     "ManagerStopped",
     "OptionError",

@@ -1,18 +1,27 @@
 """The ``pgsupervisor`` command (also ``python -m pgsupervisor``).
 
-Exit codes: 0 success, 1 the demo failed, 2 bad usage or configuration.
+``demo``: the supervisor at work on a throw-away server. ``watch``: stream a
+slot's committed transactions as JSON lines (or text), decoded and typed.
+``status``: the server's replication settings, slots and publications.
+
+Exit codes: 0 success (also after Ctrl-C on ``watch``), 1 a failure at run
+time (the server refused, the manager FAILED), 2 bad usage or configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import logging
+import signal
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any, TextIO
 
 import psycopg
@@ -23,7 +32,7 @@ from .backoff import Backoff
 from .errors import OptionError, PgSupervisorError, classify
 from .manager import Manager
 from .options import ConnInfo
-from .replication import Transaction, format_lsn
+from .replication import UNCHANGED_TOAST, Transaction, format_lsn
 from .status import Status
 
 __all__ = ["main"]
@@ -312,6 +321,244 @@ def demo(args: argparse.Namespace) -> int:
         return 1
 
 
+# --- watch ----------------------------------------------------------------------
+
+
+def json_value(value: Any) -> Any:
+    """JSON for what psycopg's loaders return; exact where JSON is not."""
+    if value is UNCHANGED_TOAST:
+        return {"unchanged_toast": True}
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    return str(value)
+
+
+def transaction_json(tx: Transaction) -> str:
+    return json.dumps(
+        {
+            "xid": tx.xid,
+            "commit_lsn": format_lsn(tx.commit_lsn),
+            "end_lsn": format_lsn(tx.end_lsn),
+            "commit_time": tx.commit_time.isoformat(),
+            "origin": tx.origin,
+            "changes": [
+                {
+                    "op": c.op,
+                    "schema": c.schema,
+                    "table": c.table,
+                    "new": c.new,
+                    "old": c.old,
+                }
+                for c in tx.changes
+            ],
+        },
+        default=json_value,
+        ensure_ascii=False,
+    )
+
+
+def transaction_text(tx: Transaction) -> str:
+    head = (
+        f"COMMIT xid {tx.xid} at {format_lsn(tx.end_lsn)} {tx.commit_time.isoformat()}"
+    )
+    lines = [head]
+    for c in tx.changes:
+        row = c.new if c.new is not None else c.old
+        shown = json.dumps(row, default=json_value, ensure_ascii=False) if row else ""
+        lines.append(f"  {c.op.upper()} {c.schema}.{c.table} {shown}".rstrip())
+    return "\n".join(lines)
+
+
+def run_watch(manager: Manager, fmt: str, out: TextIO, err: TextIO) -> int:
+    """Print *manager*'s transactions until Ctrl-C (or SIGTERM); stop cleanly
+    so the position of the last one printed is acknowledged."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+    count = [0, 0]  # transactions, changes
+    started = time.monotonic()
+    show_status = err.isatty()
+    render = transaction_json if fmt == "json" else transaction_text
+
+    def on_transaction(sender: Manager, transaction: Transaction) -> None:
+        try:
+            print(render(transaction), file=out, flush=True)
+        except BrokenPipeError:
+            done.set()
+            return
+        count[0] += 1
+        count[1] += len(transaction.changes)
+
+    def on_status(sender: Manager, old: Status, new: Status) -> None:
+        if new is Status.FAILED:
+            failed.append(sender.error or PgSupervisorError(sender.status_reason))
+            done.set()
+        elif new is Status.WAITING:
+            print(f"waiting: {sender.status_reason}", file=err, flush=True)
+
+    def on_lag(
+        sender: Manager, retained_wal_bytes: int, confirmed_flush_lag_bytes: int
+    ) -> None:
+        if show_status:
+            rate = count[1] / max(time.monotonic() - started, 1e-9)
+            err.write(
+                f"\r{count[0]} transactions, {count[1]} changes, {rate:,.0f} changes/s,"
+                f" lag {confirmed_flush_lag_bytes:,} bytes  "
+            )
+            err.flush()
+
+    receivers = (on_transaction, on_status, on_lag)  # strong references
+    signals.transaction.connect(receivers[0], sender=manager)
+    signals.status_changed.connect(receivers[1], sender=manager)
+    signals.replication_lag.connect(receivers[2], sender=manager)
+    previous = {
+        s: signal.signal(s, lambda *_: done.set())
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        manager.start()
+        done.wait()
+    finally:
+        manager.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if show_status:
+            err.write("\n")
+    if failed:
+        print(f"pgsupervisor: {failed[0]}", file=err)
+        return 1
+    return 0
+
+
+def watch(args: argparse.Namespace) -> int:
+    tables = [t.strip() for t in args.tables.split(",")] if args.tables else None
+    manager = Manager(
+        args.dsn,
+        stack_id=f"watch-{args.slot}",
+        pool={"size": 2},
+        replication={
+            "slot_name": args.slot,
+            "publication_name": args.publication or args.slot,
+            "tables": tables,
+            "temporary": args.temporary,
+            "status_interval": 1.0,
+            "lag_interval": 1.0,
+        },
+    )
+    return run_watch(manager, args.format, sys.stdout, sys.stderr)
+
+
+# --- status ----------------------------------------------------------------------
+
+
+def status(args: argparse.Namespace) -> int:
+    info = ConnInfo(args.dsn)
+    try:
+        with psycopg.connect(
+            info.connect_string(), autocommit=True, connect_timeout=10
+        ) as conn:
+            report = _status_report(conn)
+    except psycopg.Error as exc:
+        error = classify(exc, context=info.describe(), secrets=info.secrets)
+        print(f"pgsupervisor: {error}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(report, default=json_value, indent=2))
+        return 0
+    server = report["server"]
+    print(
+        f"server   {server['version']}  wal_level={server['wal_level']}"
+        f"  max_replication_slots={server['max_replication_slots']}"
+        f"  wal_sender_timeout={server['wal_sender_timeout']}"
+    )
+    print(f"slots    {len(report['slots'])}")
+    for s in report["slots"]:
+        state = "active" if s["active"] else "inactive"
+        print(
+            f"  {s['slot_name']:<24} {s['plugin'] or '-':<10}"
+            f" {s['database'] or '-':<12} {state:<8} wal_status={s['wal_status']}"
+            f" lag={s['confirmed_flush_lag_bytes']} retained={s['retained_wal_bytes']}"
+        )
+    print(f"publications {len(report['publications'])}")
+    for p in report["publications"]:
+        tables = "ALL TABLES" if p["all_tables"] else ", ".join(p["tables"]) or "-"
+        print(f"  {p['name']:<24} publish={p['publish']}  {tables}")
+    return 0
+
+
+def _status_report(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    settings = dict(
+        conn.execute(
+            "SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name IN"
+            " ('wal_level', 'max_replication_slots', 'wal_sender_timeout')"
+        ).fetchall()
+    )
+    server = {
+        "version": conn.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]
+        **settings,
+    }
+    slots = [
+        dict(
+            zip(
+                (
+                    "slot_name",
+                    "plugin",
+                    "slot_type",
+                    "database",
+                    "active",
+                    "wal_status",
+                    "confirmed_flush_lag_bytes",
+                    "retained_wal_bytes",
+                ),
+                row,
+                strict=True,
+            )
+        )
+        for row in conn.execute(
+            "SELECT slot_name, plugin, slot_type, database, active, wal_status,"
+            " (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint,"
+            " (pg_current_wal_lsn() - restart_lsn)::bigint"
+            " FROM pg_replication_slots ORDER BY slot_name"
+        ).fetchall()
+    ]
+    publications = []
+    for name, all_tables, ins, upd, dele, trunc in conn.execute(
+        "SELECT pubname, puballtables, pubinsert, pubupdate, pubdelete, pubtruncate"
+        " FROM pg_publication ORDER BY pubname"
+    ).fetchall():
+        ops = [
+            op
+            for op, on in zip(
+                ("insert", "update", "delete", "truncate"),
+                (ins, upd, dele, trunc),
+                strict=True,
+            )
+            if on
+        ]
+        tables = [
+            f"{s}.{t}"
+            for s, t in conn.execute(
+                "SELECT schemaname, tablename FROM pg_publication_tables"
+                " WHERE pubname = %s ORDER BY 1, 2",
+                (name,),
+            ).fetchall()
+        ]
+        publications.append(
+            {
+                "name": name,
+                "all_tables": all_tables,
+                "publish": ",".join(ops),
+                "tables": tables,
+            }
+        )
+    return {"server": server, "slots": slots, "publications": publications}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgsupervisor",
@@ -328,6 +575,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dsn", help="use this server instead of a throw-away one")
     p.set_defaults(func=demo)
+
+    p = sub.add_parser(
+        "watch",
+        help="stream a slot's committed transactions, decoded",
+        description="Stream committed transactions as JSON lines (one per"
+        " transaction, typed values) or text, like pg_recvlogical but decoded."
+        " Creates the slot and publication if missing. Ctrl-C stops cleanly,"
+        " acknowledging what was printed. A status line (rate, lag) goes to"
+        " stderr when it is a terminal.",
+        epilog="Exit codes: 0 stopped by Ctrl-C or SIGTERM, 1 the stream failed,"
+        " 2 bad usage.",
+    )
+    p.add_argument("dsn", help="conninfo of a role with REPLICATION")
+    p.add_argument("--slot", required=True, help="replication slot name")
+    p.add_argument("--publication", help="publication name (default: the slot's)")
+    p.add_argument("--tables", help="schema.table[,...] to publish (default: all)")
+    p.add_argument("--format", choices=["json", "text"], default="json")
+    p.add_argument(
+        "--temporary",
+        action="store_true",
+        help="use a temporary slot (nothing to resume later)",
+    )
+    p.set_defaults(func=watch)
+
+    p = sub.add_parser(
+        "status",
+        help="replication settings, slots and publications of a server",
+        description="Print the server version, wal_level, the replication slots"
+        " with their lag and wal_status, and the publications.",
+        epilog="Exit codes: 0 ok, 1 cannot connect, 2 bad usage.",
+    )
+    p.add_argument("dsn", help="conninfo")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=status)
     return parser
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionFailed",
     "DatabaseNotFound",
+    "ForkedManager",
     "InsufficientPrivilege",
     "ManagerStopped",
     "OptionError",
@@ -43,6 +44,12 @@ class PgSupervisorError(Exception):
 
 class ManagerStopped(PgSupervisorError):
     """The manager is stopped, or was stopped while you waited on it."""
+
+    __module__ = "pgsupervisor"
+
+
+class ForkedManager(ManagerStopped):
+    """A manager started before fork() was used in the child process."""
 
     __module__ = "pgsupervisor"
 

@@ -11,9 +11,11 @@ stream alone restarts only the stream, with its own backoff.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
@@ -26,6 +28,7 @@ from .backoff import Backoff, Retry
 from .deadline import Interrupter, bounded, bounded_connection
 from .errors import (
     ConnectionFailed,
+    ForkedManager,
     ManagerStopped,
     OptionError,
     PgSupervisorError,
@@ -60,6 +63,17 @@ KEEPALIVES: Final = {
     "keepalives_count": "3",
 }
 _NEVER: Final = float("inf")
+
+
+_STARTED: weakref.WeakSet[Manager] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for manager in list(_STARTED):
+        manager._forked_away()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Stopping(Exception):
@@ -136,6 +150,8 @@ class Manager:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._drop_slot = False
+        self._pid = 0  # the process start() ran in
+        self._forked_error: ForkedManager | None = None
         self._interrupter = Interrupter()  # stop() breaks the supervisor's queries
 
         # Supervisor thread only, from here to the end of __init__.
@@ -224,6 +240,8 @@ class Manager:
 
     def start(self) -> Manager:
         """Start the supervisor thread and return at once."""
+        if self._forked_error is not None:
+            raise self._forked_error
         with self._lifecycle:
             if self._thread is not None:
                 if self._stopping.is_set():
@@ -232,6 +250,8 @@ class Manager:
                     )
                 return self
             self._set_status(Status.STARTING, "start() called")
+            self._pid = os.getpid()
+            _STARTED.add(self)
             for pool in self.pools:
                 pool.open()
             self._thread = threading.Thread(
@@ -240,9 +260,26 @@ class Manager:
             self._thread.start()
         return self
 
+    def _forked_away(self) -> None:
+        """Run in a forked child: the threads did not survive and the sockets
+        are the parent's. Refuse all use, touch nothing."""
+        self._forked_error = ForkedManager(
+            f"Manager {self.stack_id!r} was started in process {self._pid} before"
+            f" fork(); this is process {os.getpid()}. Threads and connections do"
+            " not survive fork: create and start a Manager in each child (with"
+            " gunicorn --preload, in a post_fork hook)"
+        )
+        self._stopping.set()
+        self._thread = None
+        for pool in self.pools:
+            pool.abandon_after_fork(self._forked_error)
+        self._status.set(Status.STOPPED, str(self._forked_error))
+
     def wait_active(self, timeout: float | None = None) -> None:
         """Return once ACTIVE; raise `TimeoutError` after *timeout* seconds,
         the fatal error if FAILED, `ManagerStopped` if stopped."""
+        if self._forked_error is not None:
+            raise self._forked_error
         status = self._status.wait_for({Status.ACTIVE}, timeout)
         if status is Status.FAILED:
             raise self._status.error or PgSupervisorError("the manager failed")
@@ -264,6 +301,8 @@ class Manager:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the stream and the supervisor, close the pools, join every
         thread; idempotent."""
+        if self._forked_error is not None:
+            return  # nothing of ours runs here; the sockets are the parent's
         deadline = self._clock() + timeout
         with self._lifecycle:
             first = not self._stopping.is_set()

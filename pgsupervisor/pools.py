@@ -56,6 +56,9 @@ Conn = psycopg.Connection[Any]
 
 _IDLE_SINCE = "_pgsupervisor_idle_since"
 
+# Connections inherited across fork(): kept alive, never closed, in the child.
+_ABANDONED: list[Any] = []
+
 # Our counters in get_stats(), beside psycopg_pool's.
 REQUESTS_DROPPED = "requests_dropped"
 PINGS = "pings"
@@ -200,6 +203,7 @@ class SupervisedPool(ConnectionPool[Conn]):
         self._owed = 0  # AddConnection tasks queued or running
         self._failed = 0  # slots whose attempt failed, until refill()
         self._closing = False
+        self._forked_error: Exception | None = None
         self._live: dict[int, int] = {}  # id(conn) -> backend pid
         # Guarded by psycopg_pool's _lock.
         self._codel = QueueControl(
@@ -238,6 +242,21 @@ class SupervisedPool(ConnectionPool[Conn]):
             failed, self._failed = self._failed, 0
         for _ in range(failed):
             self.run_task(AddConnection(self))
+
+    def abandon_after_fork(self, error: Exception) -> None:
+        """In a forked child: the sockets belong to the parent. Never close
+        them (PQfinish would end the parent's sessions), never hand them out;
+        keep them referenced so garbage collection does not close them."""
+        self._forked_error = error
+        _ABANDONED.extend(self._pool)
+        self._pool.clear()
+        self._closed = True
+        self._opened = True
+
+    def _check_open_getconn(self) -> None:
+        if self._forked_error is not None:
+            raise self._forked_error
+        super()._check_open_getconn()
 
     def begin_close(self) -> None:
         """Open no more connections: the pool is about to close, and a

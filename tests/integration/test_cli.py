@@ -63,3 +63,115 @@ def test_bad_dsn_is_a_usage_error() -> None:
 def test_help_lists_the_commands() -> None:
     result = run("--help")
     assert result.returncode == 0 and "demo" in result.stdout
+
+
+def test_watch_streams_json_and_acknowledges_on_ctrl_c(repl_db) -> None:
+    import json
+    import signal
+    import time
+
+    import psycopg
+
+    from pgsupervisor.replication import parse_lsn
+
+    dsn, slot = repl_db
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "create table items (id int primary key, price numeric, at timestamptz)"
+        )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgsupervisor",
+            "watch",
+            dsn,
+            "--slot",
+            slot,
+            "--tables",
+            "public.items",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while (
+                time.monotonic() < deadline
+                and not conn.execute(
+                    "select 1 from pg_replication_slots where slot_name = %s and active",
+                    (slot,),
+                ).fetchone()
+            ):
+                time.sleep(0.05)
+            conn.execute("insert into items values (1, 9.99, '2024-01-02 03:04:05+00')")
+            conn.execute("update items set price = 10 where id = 1")
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        second = json.loads(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert first["changes"] == [
+        {
+            "op": "insert",
+            "schema": "public",
+            "table": "items",
+            "new": {"id": 1, "price": "9.99", "at": "2024-01-02T03:04:05+00:00"},
+            "old": None,
+        }
+    ]
+    assert second["changes"][0]["op"] == "update"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (flushed,) = conn.execute(
+            "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s",
+            (slot,),
+        ).fetchone()
+    assert parse_lsn(flushed) >= parse_lsn(second["end_lsn"])  # acknowledged on exit
+    assert APP_PASSWORD not in out + err
+
+
+def test_watch_with_a_bad_slot_name_is_a_usage_error() -> None:
+    result = run("watch", "host=x", "--slot", "Bad Name")
+    assert result.returncode == 2 and "slot_name" in result.stderr
+
+
+def test_status_lists_slots_and_publications(repl_db) -> None:
+    import json
+
+    import psycopg
+
+    dsn, slot = repl_db
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create table t (id int primary key)")
+        conn.execute(f"create publication {slot} for table t")
+        conn.execute(
+            "select pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
+        )
+    text = run("status", dsn)
+    assert text.returncode == 0, text.stderr
+    assert "wal_level=logical" in text.stdout
+    assert slot in text.stdout and "public.t" in text.stdout
+    report = json.loads(run("status", dsn, "--format", "json").stdout)
+    assert any(
+        s["slot_name"] == slot and s["wal_status"] == "reserved"
+        for s in report["slots"]
+    )
+    assert any(
+        p["name"] == slot and p["tables"] == ["public.t"]
+        for p in report["publications"]
+    )
+
+
+def test_status_of_an_unreachable_server_exits_1() -> None:
+    from pgsupervisor.testing.cluster import free_port
+
+    result = run(
+        "status", f"host=127.0.0.1 port={free_port()} user=u password=sekrit-pw"
+    )
+    assert result.returncode == 1
+    assert "Connection refused" in result.stderr and "sekrit-pw" not in result.stderr

@@ -1,0 +1,1 @@
+"""Integrations: Flask, Django, Prometheus."""

@@ -1,0 +1,84 @@
+"""Django integration.
+
+``INSTALLED_APPS += ["pgsupervisor.contrib.django"]``, settings in
+``PGSUPERVISOR = {...}`` with the Manager's options (``dsn``, ``stack_id``,
+``replication``, ``pool``, ``backoff``, ``timeline``; keys in any case). The
+DSN defaults to ``DATABASES["default"]``.
+
+When the manager starts: in ``AppConfig.ready()`` for ``runserver`` (in the
+serving process, not the autoreloader's parent) or when
+``PGSUPERVISOR["autostart"]`` is true; otherwise on first use, through
+``PgSupervisorMiddleware``, the health views or `get_manager()`. So it never
+starts in management commands that do not need it, nor before gunicorn forks
+its workers (``--preload``). To start eagerly in each gunicorn worker::
+
+    # gunicorn.conf.py
+    def post_fork(server, worker):
+        from pgsupervisor.contrib.django import get_manager
+        get_manager()
+
+Health views (``path("", include("pgsupervisor.contrib.django.urls"))``):
+``healthz/live`` and ``healthz/ready``, as for Flask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...manager import Manager
+from ..process import ProcessManager
+
+__all__ = ["get_manager", "manager_options"]
+
+default_app_config = "pgsupervisor.contrib.django.apps.PgSupervisorConfig"
+
+_holder: ProcessManager | None = None
+
+_DATABASE_KEYS = {
+    "NAME": "dbname",
+    "USER": "user",
+    "PASSWORD": "password",
+    "HOST": "host",
+    "PORT": "port",
+}
+
+
+def manager_options() -> tuple[str | dict[str, Any], dict[str, Any], bool | None]:
+    """(conninfo, Manager keyword options, autostart) from the settings."""
+    from django.conf import settings  # noqa: PLC0415
+
+    raw = {str(k).lower(): v for k, v in getattr(settings, "PGSUPERVISOR", {}).items()}
+    autostart = raw.pop("autostart", None)
+    dsn = raw.pop("dsn", None)
+    if dsn is None:
+        database = settings.DATABASES["default"]
+        if "postgresql" not in database.get("ENGINE", ""):
+            raise RuntimeError(
+                "PGSUPERVISOR has no 'dsn' and DATABASES['default'] is not PostgreSQL"
+            )
+        params: dict[str, Any] = {
+            ours: database[theirs]
+            for theirs, ours in _DATABASE_KEYS.items()
+            if database.get(theirs)
+        }
+        params.update(database.get("OPTIONS") or {})
+        dsn = params
+    raw.setdefault("stack_id", "django")
+    return dsn, raw, autostart
+
+
+def _factory() -> Manager:
+    dsn, options, _ = manager_options()
+    return Manager(dsn, **options)
+
+
+def holder() -> ProcessManager:
+    global _holder
+    if _holder is None:
+        _holder = ProcessManager(_factory)
+    return _holder
+
+
+def get_manager(*, start: bool = True) -> Manager:
+    """This process's Manager, started on first use."""
+    return holder().get(start=start)

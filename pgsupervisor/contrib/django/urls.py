@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("healthz/live", views.live, name="pgsupervisor-live"),
+    path("healthz/ready", views.ready, name="pgsupervisor-ready"),
+]
