@@ -588,28 +588,34 @@ class Manager:
             self._retire(stream, drop_slot=drop)
             if stream.dropped:
                 drop = False  # done on the stream's own connection
-            if stream.streaming:
-                signals.send(
-                    signals.disconnected,
-                    self,
-                    role="replication",
-                    connection_id=stream.backend_pid,
-                    error=None,
-                )
         if drop:
-            self._drop_publication()
+            self._drop_leftovers()
 
-    def _retire(self, stream: ReplicationStream, *, drop_slot: bool = False) -> None:
-        """Join a stream's threads; remember whether it created the
-        publication, which stop() may have to drop."""
+    def _retire(
+        self,
+        stream: ReplicationStream,
+        *,
+        drop_slot: bool = False,
+        error: BaseException | None = None,
+    ) -> None:
+        """Join a stream's threads and announce its connection's end;
+        remember whether it created the publication, for drop-on-stop."""
         self._publication_created |= stream.publication_created
         stream.stop(
             drop_slot=drop_slot,
             drop_publication=drop_slot and self._publication_created,
         )
         self._publication_created |= stream.publication_created
+        if stream.streaming:
+            signals.send(
+                signals.disconnected,
+                self,
+                role="replication",
+                connection_id=stream.backend_pid,
+                error=error,
+            )
 
-    def _drop_publication(self) -> None:
+    def _drop_leftovers(self) -> None:
         """No stream ran at the final stop: drop the slot (if inactive) and
         the publication through the admin pool, best effort."""
         assert self.replication is not None
@@ -649,21 +655,13 @@ class Manager:
     def _stream_failed(self, cause: BaseException) -> None:
         stream, self._stream = self._stream, None
         assert stream is not None
-        self._retire(stream)
         self._set_lock_waiting(False)
         error = classify(
             cause,
             context=f"replication connection to {self._where}",
             secrets=self.conninfo.secrets,
         )
-        if stream.streaming:
-            signals.send(
-                signals.disconnected,
-                self,
-                role="replication",
-                connection_id=stream.backend_pid,
-                error=error,
-            )
+        self._retire(stream, error=error)
         if is_fatal(error):
             raise _RoleError("replication", error)
         delay = self._stream_retry.failed(self._clock())

@@ -583,25 +583,25 @@ class ReplicationStream:
             if self._drop_slot and not self.options.temporary:
                 if self.streaming:
                     self._end_copy()
-                query = sql.SQL("DROP_REPLICATION_SLOT {}").format(
-                    sql.Identifier(self.options.slot_name)
-                )
-                self._query(query.as_string(conn), interruptible=False)
-                logger.info(
-                    "[%s] dropped replication slot %r",
-                    self.stack_id,
-                    self.options.slot_name,
-                )
+                drops = [
+                    (
+                        "replication slot",
+                        "DROP_REPLICATION_SLOT {}",
+                        self.options.slot_name,
+                    )
+                ]
                 if self._drop_publication:
-                    query = sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
-                        sql.Identifier(self.options.publication)
+                    drops.append(
+                        (
+                            "publication",
+                            "DROP PUBLICATION IF EXISTS {}",
+                            self.options.publication,
+                        )
                     )
+                for what, command, name in drops:
+                    query = sql.SQL(command).format(sql.Identifier(name))
                     self._query(query.as_string(conn), interruptible=False)
-                    logger.info(
-                        "[%s] dropped publication %r",
-                        self.stack_id,
-                        self.options.publication,
-                    )
+                    logger.info("[%s] dropped %s %r", self.stack_id, what, name)
                 self.dropped = True
         except (psycopg.Error, _Stop) as exc:
             logger.warning("[%s] while stopping the stream: %s", self.stack_id, exc)
