@@ -192,3 +192,74 @@ def test_django_does_not_start_in_management_commands(cluster_app_dsn: str) -> N
         check=True,
     )
     assert out.stdout.strip() == "None []"
+
+
+def test_django_watch_command_streams_the_configured_slot(repl_db) -> None:
+    import signal
+
+    import psycopg
+
+    dsn, slot = repl_db
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create table items (id int primary key)")
+    env = {
+        **os.environ,
+        "TEST_DSN": dsn,
+        "TEST_SLOT": slot,
+        "DJANGO_SETTINGS_MODULE": "tests.integration.webapps.djangosettings",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "django", "pgsupervisor_watch"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert eventually(
+                lambda: (
+                    conn.execute(
+                        "select 1 from pg_replication_slots where slot_name = %s and active",
+                        (slot,),
+                    ).fetchone()
+                    is not None
+                ),
+                timeout=20,
+            )
+            conn.execute("insert into items values (7)")
+        assert proc.stdout is not None
+        line = json.loads(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert line["changes"][0]["new"] == {"id": 7}
+
+
+@pytest.mark.parametrize(
+    ("argv", "run_main", "expected"),
+    [
+        (["manage.py", "runserver"], None, False),  # the autoreloader's parent
+        (["manage.py", "runserver"], "true", True),  # the serving child
+        (["manage.py", "runserver", "--noreload"], None, True),
+        (["manage.py", "migrate"], None, False),
+        (["gunicorn", "app.wsgi"], None, False),  # lazily, after the fork
+    ],
+)
+def test_django_starts_in_ready_only_when_serving_runserver(
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    run_main: str | None,
+    expected: bool,
+) -> None:
+    from pgsupervisor.contrib.django.apps import _serving_runserver
+
+    monkeypatch.setattr(sys, "argv", argv)
+    if run_main is None:
+        monkeypatch.delenv("RUN_MAIN", raising=False)
+    else:
+        monkeypatch.setenv("RUN_MAIN", run_main)
+    assert _serving_runserver() is expected

@@ -26,4 +26,7 @@ PGSUPERVISOR = {
     "pool": {"size": 2, "idle_interval": 0.2, "timeout": 2},
     "backoff": {"type": "exp", "min": 0.05, "max": 0.3},
 }
+if os.environ.get("TEST_SLOT"):
+    PGSUPERVISOR["replication"] = {"slot_name": os.environ["TEST_SLOT"]}
+    PGSUPERVISOR["timeline"] = {"directory": "/tmp/pgsupervisor-django-test"}
 USE_TZ = True
