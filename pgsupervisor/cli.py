@@ -55,16 +55,14 @@ class Printer:
         def status_changed(sender: Manager, old: Status, new: Status) -> None:
             self.line(f"status {old.value} -> {new.value}  ({sender.status_reason})")
 
-        def connected(sender: Manager, role: str) -> None:
-            if role == "replication":
-                self.line("connected: the replication stream is running")
-            else:
-                self.line(f"connected: the {role} pool has all its connections")
+        def connected(sender: Manager, role: str, connection_id: int) -> None:
+            self.line(f"connected: {role} connection (backend pid {connection_id})")
 
         def disconnected(
-            sender: Manager, role: str, error: BaseException | None
+            sender: Manager, role: str, connection_id: int, error: BaseException | None
         ) -> None:
-            self.line(f"disconnected: {role} ({error})")
+            why = f": {error}" if error else ""
+            self.line(f"disconnected: {role} connection (backend {connection_id}){why}")
 
         def connection_error(
             sender: Manager,

@@ -36,6 +36,7 @@ def test_demo_on_a_throwaway_server_shows_recovery_and_exits_0() -> None:
     ):
         assert expected in out, out
     assert "demo-password" not in out + result.stderr
+    assert "Traceback" not in out + result.stderr, out + result.stderr
 
 
 def test_demo_with_dsn_uses_that_server(pg_server: Server) -> None:
