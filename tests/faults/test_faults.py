@@ -487,9 +487,12 @@ def test_9_ssl_off_prefer_works_require_fails(
         stop_cleanly(manager, pg_cluster, timings, "9 ssl")
 
 
-def test_9_localhost_falls_back_from_ipv6_to_ipv4(pg_cluster, app, tmp_path) -> None:
+@pytest.mark.parametrize("host", ["localhost", "::1,127.0.0.1"])
+def test_9_ipv6_first_falls_back_to_ipv4(pg_cluster, app, tmp_path, host: str) -> None:
+    """The server listens on 127.0.0.1 only. "localhost" may resolve to ::1
+    first; the explicit list makes ::1 (refused) come first for certain."""
     params = psycopg.conninfo.conninfo_to_dict(app)
-    params["host"] = "localhost"  # may resolve to ::1 first; the server listens on IPv4
+    params["host"] = host
     with make(
         psycopg.conninfo.make_conninfo("", **params), tmp_path, slot=None
     ) as manager:

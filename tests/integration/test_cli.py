@@ -176,3 +176,50 @@ def test_status_of_an_unreachable_server_exits_1() -> None:
     )
     assert result.returncode == 1
     assert "Connection refused" in result.stderr and "sekrit-pw" not in result.stderr
+
+
+def test_watch_shows_a_status_line_on_a_terminal(repl_db) -> None:
+    import os
+    import pty
+    import select
+    import signal
+    import time
+
+    import psycopg
+
+    dsn, slot = repl_db
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create table items (id int primary key)")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgsupervisor",
+            "watch",
+            dsn,
+            "--slot",
+            slot,
+            "--tables",
+            "public.items",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"changes/s" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    finally:
+        proc.kill()
+        os.close(master)
+    assert b"transactions," in seen and b"changes/s" in seen and b"lag " in seen, seen
+    assert proc.returncode == 0
