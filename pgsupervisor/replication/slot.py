@@ -23,10 +23,11 @@ __all__ = [
     "ServerInfo",
     "SlotLost",
     "WalLevelNotLogical",
-    "create_slot",
+    "create_slot_query",
     "drop_slot",
     "ensure_publication",
     "lock_holder",
+    "lock_query",
     "server_info",
     "slot_state",
     "try_lock",
@@ -128,12 +129,13 @@ def try_lock(conn: Conn, slot_name: str) -> bool:
     return bool(row and row[0])
 
 
-def lock(conn: Conn, slot_name: str) -> None:
-    """Block until the slot's advisory lock is ours (cancel to interrupt)."""
+def lock_query(conn: Conn, slot_name: str) -> str:
+    """The statement that blocks until the slot's advisory lock is ours; the
+    stream runs it without blocking, so stop() can cancel it."""
     query = sql.SQL("SELECT pg_advisory_lock(" + LOCK_KEY + ")").format(
         sql.Literal(slot_name)
     )
-    conn.execute(_text(conn, query))
+    return _text(conn, query)
 
 
 def lock_holder(admin: Conn, slot_name: str) -> dict[str, Any] | None:
@@ -280,15 +282,13 @@ def check_slot(state: SlotState, slot_name: str, dbname: str) -> None:
         )
 
 
-def create_slot(conn: Conn, slot_name: str, *, temporary: bool) -> None:
-    """CREATE_REPLICATION_SLOT (waits for running transactions to finish)."""
+def create_slot_query(conn: Conn, slot_name: str, *, temporary: bool) -> str:
+    """CREATE_REPLICATION_SLOT, which waits for running transactions to
+    finish; the stream runs it without blocking and reports who it waits for."""
     query = sql.SQL(
         "CREATE_REPLICATION_SLOT {} {} LOGICAL pgoutput NOEXPORT_SNAPSHOT"
     ).format(sql.Identifier(slot_name), sql.SQL("TEMPORARY" if temporary else ""))
-    conn.execute(_text(conn, query))
-    logger.info(
-        "created replication slot %r%s", slot_name, " (temporary)" if temporary else ""
-    )
+    return _text(conn, query)
 
 
 def drop_slot(admin: Conn, slot_name: str) -> bool:

@@ -265,12 +265,10 @@ class ReplicationStream:
             free = slot.try_lock(self._conn, name)
         if not free:
             self._post("waiting")
-            text = sql.SQL("SELECT pg_advisory_lock(" + slot.LOCK_KEY + ")").format(
-                sql.Literal(name)
-            )
+            query = slot.lock_query(self._conn, name)
             while True:
                 try:
-                    self._query(text.as_string(self._conn))
+                    self._query(query)
                     break
                 except psycopg.errors.QueryCanceled:
                     continue  # a statement_timeout: keep waiting
@@ -310,13 +308,9 @@ class ReplicationStream:
             self._progress.delivered_lsn = 0
             self._acked_lsn = 0
             signals.send(signals.slot_recreated, self.sender, slot_name=opts.slot_name)
-        text = sql.SQL(
-            "CREATE_REPLICATION_SLOT {} {} LOGICAL pgoutput NOEXPORT_SNAPSHOT"
+        query = slot.create_slot_query(
+            self._conn, opts.slot_name, temporary=opts.temporary
         )
-        query = text.format(
-            sql.Identifier(opts.slot_name),
-            sql.SQL("TEMPORARY" if opts.temporary else ""),
-        ).as_string(self._conn)
         self._query(
             query, slow_after=opts.slot_wait_warning, on_slow=self._report_blockers
         )
