@@ -191,14 +191,6 @@ class Manager:
             ),
         )
 
-    def _connect_params(self) -> dict[str, Any]:
-        """Parameters for one connection attempt of the probe or the stream:
-        the pool's ``kwargs`` (called afresh when it is a callable)."""
-        extra = self.pool_options.kwargs
-        if callable(extra):
-            extra = extra()
-        return dict(extra or {})
-
     @property
     def pools(self) -> tuple[SupervisedPool, SupervisedPool]:
         return (self.admin_pool, self.snapshot_pool)
@@ -380,7 +372,7 @@ class Manager:
         try:
             params = {
                 "connect_timeout": max(1, round(timeout)),
-                **self._connect_params(),
+                **self.pool_options.connect_params(),
             }
             with psycopg.connect(self._dsn, autocommit=True, **params) as conn:
                 self.pg_version = conn.info.server_version
@@ -573,7 +565,7 @@ class Manager:
             timeline_store=make_store(self.timeline_options),
             stack_id=self.stack_id,
             connect_timeout=self.pool_options.connect_timeout,
-            connect_params=self._connect_params,
+            connect_params=self.pool_options.connect_params,
             liveness=(self.pool_options.idle_interval, self.pool_options.ping_timeout),
         )
         self._stream.start()

@@ -257,6 +257,12 @@ class PoolOptions:
             "snapshot": self.snapshot_size or snapshot,
         }
 
+    def connect_params(self) -> dict[str, Any]:
+        """Parameters for one connection attempt: *kwargs*, called afresh
+        when it is a callable."""
+        extra = self.kwargs() if callable(self.kwargs) else self.kwargs
+        return dict(extra or {})
+
     def for_role(self, role: str) -> PoolOptions:
         """These options with *role*'s overrides applied."""
         overrides = dict(getattr(self, role) or {})

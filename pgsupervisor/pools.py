@@ -25,7 +25,7 @@ import logging
 import select
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from time import monotonic
@@ -277,10 +277,9 @@ class SupervisedPool(ConnectionPool[Conn]):
             self._forget(conn, error)
             self._close_connection(conn)
 
-    def ping_idle(self, idle_for: float, timeout: float) -> list[BaseException]:
+    def ping_idle(self, idle_for: float, timeout: float) -> None:
         """Ping the connections idle for *idle_for* seconds or more (at most
-        ``idle_limit``, the longest idle first); replace the dead ones.
-        Returns the errors of the dead ones."""
+        ``idle_limit``, the longest idle first); replace the dead ones."""
         now = monotonic()
         with self._lock:
             stale = sorted(
@@ -296,7 +295,6 @@ class SupervisedPool(ConnectionPool[Conn]):
                 self._discard(conn, errors[conn])
             else:
                 self._add_to_pool(conn)
-        return list(errors.values())
 
     def queue_state(self) -> dict[str, Any]:
         with self._lock:
@@ -427,16 +425,11 @@ class SupervisedPool(ConnectionPool[Conn]):
     # --- connections: hooks, announcements ----------------------------------------
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        """Per attempt: the user's parameters (a callable is called each time)."""
-        kwargs: dict[str, Any] = {
-            "connect_timeout": max(1, round(self.options.connect_timeout))
+        """Per attempt: the connect timeout and the user's parameters."""
+        return {
+            "connect_timeout": max(1, round(self.options.connect_timeout)),
+            **self.options.connect_params(),
         }
-        extra = self.options.kwargs
-        if callable(extra):
-            extra = extra()
-        if isinstance(extra, Mapping):
-            kwargs.update(extra)
-        return kwargs
 
     def _configure_connection(self, conn: Conn) -> None:
         """Run the user's configure hook under ``after_connect_timeout``: past
@@ -458,13 +451,10 @@ class SupervisedPool(ConnectionPool[Conn]):
         try:
             hook(conn)
         except Exception:
-            conn.close()
-            if expired.is_set():
-                raise ConnectionFailed(
-                    f"the configure hook of pool {self.name!r} took longer than"
-                    f" after_connect_timeout ({timeout:g} s)"
-                ) from None
-            raise
+            if not expired.is_set():
+                conn.close()
+                raise
+            # cancelled by the timer: report the timeout, not the cancel
         finally:
             timer.cancel()
             timer.join()
@@ -532,34 +522,35 @@ class SupervisedPool(ConnectionPool[Conn]):
     def _add_connection(
         self, attempt: AttemptWithBackoff | None, growing: bool = False
     ) -> None:
+        """One attempt, never rescheduled here: a failure leaves the slot for
+        the supervisor's refill()."""
         started = monotonic()
-        if self._closing or self._closed:
-            with self._counts_lock:
-                self._owed -= 1
-                self._failed += 1
-            return
         try:
-            conn = self._connect()
-        except Exception as exc:
+            if self._closing or self._closed:
+                self._attempt_done(failed=True)
+                return
+            try:
+                conn = self._connect()
+            except Exception as exc:
+                self._attempt_done(failed=True)
+                self._on_event(PoolEvent("connect_failed", self, exc, started))
+                return
+            pid = conn.info.backend_pid
             with self._counts_lock:
-                self._owed -= 1
-                self._failed += 1
+                self._live[id(conn)] = pid
+            self._announce("connected", pid, None)
+            self._add_to_pool(conn)
+            self._attempt_done(failed=False)
+            self._on_event(PoolEvent("added", self))
+        finally:
             if growing:
                 with self._lock:
                     self._growing = False
-            self._on_event(PoolEvent("connect_failed", self, exc, started))
-            return
-        pid = conn.info.backend_pid
-        with self._counts_lock:
-            self._live[id(conn)] = pid
-        self._announce("connected", pid, None)
-        self._add_to_pool(conn)
+
+    def _attempt_done(self, *, failed: bool) -> None:
         with self._counts_lock:
             self._owed -= 1
-        if growing:
-            with self._lock:
-                self._growing = False
-        self._on_event(PoolEvent("added", self))
+            self._failed += failed
 
     def _return_connection(self, conn: Conn, from_getconn: bool) -> None:
         if conn.pgconn.transaction_status == pq.TransactionStatus.UNKNOWN:
