@@ -184,11 +184,7 @@ class Manager:
             options=self.pool_options.for_role(role),
             on_event=self._events.put,
             sender=self,
-            redact=lambda exc: classify(
-                exc,
-                context=f"{role} connection to {self._where}",
-                secrets=self.conninfo.secrets,
-            ),
+            redact=lambda exc: self._classify(exc, role),
         )
 
     @property
@@ -475,7 +471,7 @@ class Manager:
             "[%s] %s connection lost (%s); checking the server",
             self.stack_id,
             role,
-            self._redacted(event),
+            self._classify(error, role),
         )
         opts = self.pool_options
         self._probe_server(min(opts.connect_timeout, opts.ping_timeout))
@@ -515,11 +511,7 @@ class Manager:
         role = exc.role if isinstance(exc, _RoleError) else "admin"
         cause = exc.error if isinstance(exc, _RoleError) else exc
         server_down = isinstance(exc, _RoleError) and exc.server_down
-        error = classify(
-            cause,
-            context=f"{role} connection to {self._where}",
-            secrets=self.conninfo.secrets,
-        )
+        error = self._classify(cause, role)
         delay = None if is_fatal(error) else self._retry.failed(self._clock())
         attempt = self._retry.attempt or 1
         self._up.clear()
@@ -648,11 +640,7 @@ class Manager:
         stream, self._stream = self._stream, None
         assert stream is not None
         self._set_lock_waiting(False)
-        error = classify(
-            cause,
-            context=f"replication connection to {self._where}",
-            secrets=self.conninfo.secrets,
-        )
+        error = self._classify(cause, "replication")
         self._retire(stream, error=error)
         if is_fatal(error):
             raise _RoleError("replication", error)
@@ -785,7 +773,7 @@ class Manager:
             event = self._next_event(deadline - self._clock())
             if event is None:
                 return
-            if isinstance(event, StreamEvent) and event.stream is self._stream:
+            if isinstance(event, StreamEvent):
                 self._on_stream_event(event)
 
     def _next_event(self, timeout: float) -> PoolEvent | StreamEvent | None:
@@ -799,12 +787,12 @@ class Manager:
         assert isinstance(event, PoolEvent | StreamEvent)
         return event
 
-    def _redacted(self, event: PoolEvent) -> PgSupervisorError | None:
-        if event.error is None:
-            return None
+    def _classify(self, error: BaseException, role: str) -> PgSupervisorError:
+        """Our error for *error*, its message naming *role* and the server,
+        with every secret masked."""
         return classify(
-            event.error,
-            context=f"{event.pool.role} connection to {self._where}",
+            error,
+            context=f"{role} connection to {self._where}",
             secrets=self.conninfo.secrets,
         )
 
