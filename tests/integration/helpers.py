@@ -64,6 +64,18 @@ def eventually(predicate: Any, timeout: float = 5.0) -> bool:
     return bool(predicate())
 
 
+def slot_active(dsn: str, slot: str) -> bool:
+    """True once a walsender streams *slot*."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select 1 from pg_replication_slots where slot_name = %s and active",
+            (slot,),
+        ).fetchone()
+    return row is not None
+
+
 @contextmanager
 def running(manager: Manager) -> Iterator[Manager]:
     manager.start()

@@ -1,11 +1,14 @@
-"""The `pgsupervisor demo` command, run as a user would."""
+"""The `pgsupervisor` commands, run as a user would."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 from pgsupervisor.testing.pytest_plugin import APP_PASSWORD, Server, create_app_role
+
+from .helpers import eventually, slot_active
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -66,10 +69,25 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0 and "demo" in result.stdout
 
 
+def watch(dsn: str, slot: str, **popen: Any) -> subprocess.Popen[Any]:
+    """`pgsupervisor watch` on *slot*, publishing public.items."""
+    argv = [
+        sys.executable,
+        "-m",
+        "pgsupervisor",
+        "watch",
+        dsn,
+        "--slot",
+        slot,
+        "--tables",
+        "public.items",
+    ]
+    return subprocess.Popen(argv, **popen)
+
+
 def test_watch_streams_json_and_acknowledges_on_ctrl_c(repl_db) -> None:
     import json
     import signal
-    import time
 
     import psycopg
 
@@ -80,33 +98,10 @@ def test_watch_streams_json_and_acknowledges_on_ctrl_c(repl_db) -> None:
         conn.execute(
             "create table items (id int primary key, price numeric, at timestamptz)"
         )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pgsupervisor",
-            "watch",
-            dsn,
-            "--slot",
-            slot,
-            "--tables",
-            "public.items",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = watch(dsn, slot, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 20
+        assert eventually(lambda: slot_active(dsn, slot), timeout=20)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            while (
-                time.monotonic() < deadline
-                and not conn.execute(
-                    "select 1 from pg_replication_slots where slot_name = %s and active",
-                    (slot,),
-                ).fetchone()
-            ):
-                time.sleep(0.05)
             conn.execute("insert into items values (1, 9.99, '2024-01-02 03:04:05+00')")
             conn.execute("update items set price = 10 where id = 1")
         assert proc.stdout is not None
@@ -191,21 +186,7 @@ def test_watch_shows_a_status_line_on_a_terminal(repl_db) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("create table items (id int primary key)")
     master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pgsupervisor",
-            "watch",
-            dsn,
-            "--slot",
-            slot,
-            "--tables",
-            "public.items",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=slave,
-    )
+    proc = watch(dsn, slot, stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
     seen = b""
     try:

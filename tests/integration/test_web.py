@@ -21,7 +21,7 @@ import pytest
 from pgsupervisor import Manager
 from pgsupervisor.testing.cluster import Cluster, free_port
 
-from .helpers import eventually, running
+from .helpers import eventually, running, slot_active
 
 pytestmark = [
     pytest.mark.server_control,
@@ -218,16 +218,7 @@ def test_django_watch_command_streams_the_configured_slot(repl_db) -> None:
     )
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            assert eventually(
-                lambda: (
-                    conn.execute(
-                        "select 1 from pg_replication_slots where slot_name = %s and active",
-                        (slot,),
-                    ).fetchone()
-                    is not None
-                ),
-                timeout=20,
-            )
+            assert eventually(lambda: slot_active(dsn, slot), timeout=20)
             conn.execute("insert into items values (7)")
         assert proc.stdout is not None
         line = json.loads(proc.stdout.readline())
