@@ -36,6 +36,22 @@ transaction again).
 ``slot_recreated(slot_name)``
     The slot had lost WAL and was dropped and created again
     (``lost_slot="recreate"``): changes were missed, caches should reset.
+``slot_created(slot_name, recreated)``
+    This manager created the slot, the first time too (*recreated* False) or
+    after it was lost (*recreated* True): a cache must start empty.
+``message(prefix, content, lsn)``
+    A non-transactional ``pg_logical_emit_message`` (*content* is bytes).
+    Transactional messages arrive in ``Transaction.messages`` instead.
+``delivery_error(receiver, error, attempt, delay)``
+    A ``transaction`` receiver raised; it gets the same transaction again
+    after *delay* seconds (*attempt* counts from 1), without reconnecting.
+
+Shape signals (sender: the `Shape`):
+
+``shape_changed(changes, offset)``
+    One transaction touched the shape; *changes* is a list of `ShapeChange`.
+``shape_invalidated(reason, handle)``
+    The shape must be rebuilt; it re-snapshots by itself under a new handle.
 """
 
 from __future__ import annotations
@@ -49,12 +65,17 @@ __all__ = [
     "checkout_error",
     "connected",
     "connection_error",
+    "delivery_error",
     "disconnected",
     "lock_acquired",
     "lock_waiting",
+    "message",
     "namespace",
     "replication_lag",
     "send",
+    "shape_changed",
+    "shape_invalidated",
+    "slot_created",
     "slot_recreated",
     "status_changed",
     "timeline_changed",
@@ -80,6 +101,13 @@ replication_lag = namespace.signal(
     "replication_lag", doc="retained_wal_bytes, confirmed_flush_lag_bytes"
 )
 slot_recreated = namespace.signal("slot_recreated", doc="slot_name")
+slot_created = namespace.signal("slot_created", doc="slot_name, recreated")
+message = namespace.signal("message", doc="prefix, content, lsn")
+delivery_error = namespace.signal(
+    "delivery_error", doc="receiver, error, attempt, delay"
+)
+shape_changed = namespace.signal("shape_changed", doc="changes, offset")
+shape_invalidated = namespace.signal("shape_invalidated", doc="reason, handle")
 
 
 def send(signal: NamedSignal, sender: Any, **kwargs: Any) -> None:
