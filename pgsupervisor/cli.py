@@ -144,8 +144,8 @@ def _preflight(
             if delay is None:
                 raise error from None
             print(
-                f"pgsupervisor: {error}; retrying in {delay:.1f} s"
-                f" (attempt {retry.attempt}, Ctrl-C to stop)",
+                f"pgsupervisor: {error} [attempt {retry.attempt}, next in"
+                f" {delay:.1f} s; Ctrl-C to stop]",
                 file=err,
                 flush=True,
             )
