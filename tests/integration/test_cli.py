@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pgsupervisor.testing.cluster import Cluster
 from pgsupervisor.testing.pytest_plugin import APP_PASSWORD, Server, create_app_role
 
 from .helpers import eventually, running, slot_active
@@ -470,3 +471,26 @@ def test_verbose_watch_shows_the_library_log(
         w.wait_stderr("streaming:")
         code = w.stop()
     assert code == 0 and "INFO" not in w.stderr
+
+
+@pytest.mark.server_control
+def test_watch_reports_a_server_restart_and_streams_on(
+    pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    dsn = pg_cluster.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create table items (id int primary key)")
+    args = ("--slot", "restarted", "--tables", "items", "--state-dir", str(tmp_path))
+    with watching(dsn, *args) as w:
+        assert eventually(lambda: slot_active(dsn, "restarted"), timeout=20), w.stderr
+        pg_cluster.stop("fast")
+        w.wait_stderr("retrying in")
+        assert "WARNING" in w.stderr
+        pg_cluster.start()
+        assert eventually(lambda: slot_active(dsn, "restarted"), timeout=30), w.stderr
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("insert into items values (1)")
+        (line,) = w.wait_stdout_lines(1)
+        code = w.stop()
+    assert code == 0, w.stderr
+    assert json.loads(line)["changes"][0]["new"] == {"id": 1}
