@@ -63,14 +63,15 @@ def test_directory_lost_while_waiting_for_the_lock_fails_the_manager(
         timeline={"directory": str(state)},
     )
     rec = Recorder(standby)
-    with running(leader), running(standby):
-        leader.wait_active(timeout=15)
-        standby.wait_status(Status.WAITING, timeout=15)
-        shutil.rmtree(state)
-        state.write_text("")  # the directory's path is now a regular file
-        leader.stop()
-        assert standby.wait_status(Status.ACTIVE, timeout=15) is Status.FAILED
-        assert isinstance(standby.error, ConfigurationError)
-        assert str(state) in str(standby.error)
-        retries = [e for e in rec.of("connection_error") if e["delay"] is not None]
-        assert retries == []
+    with running(leader):
+        leader.wait_active(timeout=15)  # the leader holds the lock first
+        with running(standby):
+            standby.wait_status(Status.WAITING, timeout=15)
+            shutil.rmtree(state)
+            state.write_text("")  # the directory's path is now a regular file
+            leader.stop()
+            assert standby.wait_status(Status.ACTIVE, timeout=15) is Status.FAILED
+            assert isinstance(standby.error, ConfigurationError)
+            assert str(state) in str(standby.error)
+            retries = [e for e in rec.of("connection_error") if e["delay"] is not None]
+            assert retries == []
