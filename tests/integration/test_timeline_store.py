@@ -33,12 +33,12 @@ def test_start_raises_naming_the_directory_and_stays_stopped(
 
 
 def test_pools_only_manager_never_touches_the_store(
-    cluster_app_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    app_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_STATE_HOME", str(blocker))
-    with Manager(cluster_app_dsn, pool={"size": 2}) as manager:
+    with Manager(app_dsn, pool={"size": 2}) as manager:
         manager.wait_active(timeout=10)
 
 
