@@ -166,7 +166,6 @@ WEB_APPS = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("framework", ["flask", "django"])
 def test_workers_sharing_a_slot_are_all_ready_and_one_streams(
     repl_db: tuple[str, str], tmp_path: Path, framework: str
