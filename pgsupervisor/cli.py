@@ -86,12 +86,15 @@ def _resolve_tables(conn: psycopg.Connection[Any], names: list[str]) -> list[str
     the role's search_path as psql does."""
     resolved = []
     for name in names:
-        row = conn.execute(
-            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.oid = to_regclass(%s)",
-            (name,),
-        ).fetchone()
+        try:
+            row = conn.execute(
+                "SELECT n.nspname, c.relname, c.relkind FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.oid = to_regclass(%s)",
+                (name,),
+            ).fetchone()
+        except (psycopg.DataError, psycopg.ProgrammingError) as exc:
+            raise UsageError(f"--tables: {name!r}: {exc}") from None
         if row is None:
             path = conn.execute("SHOW search_path").fetchone()
             raise UsageError(
@@ -138,7 +141,7 @@ def _preflight(
                     _check_all_tables(conn, publication)
                     return None
                 return _resolve_tables(conn, tables)
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             error = classify(exc, context=info.describe(), secrets=info.secrets)
             delay = None if is_fatal(error) else retry.failed(time.monotonic())
             if delay is None:
