@@ -305,3 +305,28 @@ def test_django_starts_in_ready_only_when_serving_runserver(
     else:
         monkeypatch.setenv("RUN_MAIN", run_main)
     assert _serving_runserver() is expected
+
+
+def test_a_failed_manager_is_neither_live_nor_ready(app_dsn: str) -> None:
+    from flask import Flask
+
+    from pgsupervisor import Status
+    from pgsupervisor.contrib.flask import PgSupervisor
+    from pgsupervisor.testing.pytest_plugin import APP_PASSWORD
+
+    app = Flask("failing")
+    app.config["PGSUPERVISOR_DSN"] = app_dsn.replace(APP_PASSWORD, "wrong-pw")
+    pgs = PgSupervisor(app)
+    client = app.test_client()
+    try:
+        client.get("/healthz/live")  # the first request starts the manager
+        pgs.manager.wait_status(Status.ACTIVE, timeout=15)
+        assert pgs.manager.status is Status.FAILED
+        for path in ("/healthz/live", "/healthz/ready", "/healthz/stream"):
+            response = client.get(path)
+            assert response.status_code == 503, path
+            body = response.get_json()
+            assert body["status"] == "failed" and "password" in body["reason"]
+            assert "wrong-pw" not in response.get_data(as_text=True)
+    finally:
+        pgs.manager.stop()
