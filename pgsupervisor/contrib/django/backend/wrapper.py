@@ -1,0 +1,108 @@
+"""The part of the backend that borrows instead of connecting; mixed into
+Django's postgresql and PostGIS wrappers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.backends.postgresql.psycopg_any import IsolationLevel, is_psycopg3
+
+from ....errors import OptionError
+from ...lease import Lease
+from .creation import DatabaseCreation
+from .managers import manager_for
+
+__all__ = ["SupervisedWrapper"]
+
+if not is_psycopg3:
+    raise ImproperlyConfigured("pgsupervisor's backend requires psycopg 3")
+
+
+class SupervisedWrapper:
+    """Checks connections out of the Manager's snapshot pool in
+    ``get_new_connection()`` and gives them back, reset, in ``_close()``.
+
+    As with Django's own ``OPTIONS["pool"]``, every checkout gets Django's
+    adapters (time zone, JSON, ranges), cursor class and prepare threshold,
+    and ``init_connection_state()`` sets the time zone and role; `Lease`
+    puts the connection back as the pool handed it out. The connection to
+    the maintenance database (test database creation) is opened directly.
+    """
+
+    creation_class = DatabaseCreation
+    _lease: Lease | None = None
+
+    settings_dict: dict[str, Any]
+    alias: str
+    connection: Any
+    isolation_level: Any
+
+    @property
+    def pool(self) -> None:
+        """Django never builds a pool of its own here."""
+        return None
+
+    def close_pool(self) -> None:
+        """Nothing to close: every checkout is set up afresh (time zone
+        changes included)."""
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        if self.alias == NO_DB_ALIAS:
+            return super().get_new_connection(conn_params)  # type: ignore[misc]
+        options = self.settings_dict["OPTIONS"]
+        isolation = options.get("isolation_level")
+        try:
+            self.isolation_level = IsolationLevel(
+                IsolationLevel.READ_COMMITTED if isolation is None else isolation
+            )
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"Invalid transaction isolation level {isolation} specified. Use"
+                " one of the psycopg.IsolationLevel values."
+            ) from None
+        try:
+            manager = manager_for(self.settings_dict, self.alias)
+        except (OptionError, TypeError) as exc:
+            raise ImproperlyConfigured(
+                f"database {self.alias!r}: {exc}"
+            ) from exc
+        lease = Lease.borrow(manager.snapshot_pool)
+        conn = lease.conn
+        try:
+            conn.autocommit = True  # Django sets its own value next
+            lease.use_adapters(conn_params["context"])
+            conn.cursor_factory = conn_params["cursor_factory"]
+            conn.prepare_threshold = conn_params["prepare_threshold"]
+            if conn.info.encoding != "utf-8":
+                conn.execute("SET client_encoding TO 'UTF8'")
+            if isolation is not None:
+                conn.isolation_level = self.isolation_level
+        except BaseException:
+            lease.give_back()
+            raise
+        self._lease = lease
+        return conn
+
+    def _configure_role(self, connection: Any) -> bool:
+        changed: bool = super()._configure_role(connection)  # type: ignore[misc]
+        if changed and self._lease is not None:
+            self._lease.reset_role = True
+        return changed
+
+    def create_cursor(self, name: str | None = None) -> Any:
+        cursor = super().create_cursor(name)  # type: ignore[misc]
+        if name and self._lease is not None and self.connection.autocommit:
+            self._lease.hold_cursor(cursor)  # WITH HOLD: outlives a commit
+        return cursor
+
+    def _close(self) -> Any:
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return super()._close()  # type: ignore[misc]
+        try:
+            lease.give_back()
+        finally:
+            self.connection = None
+        return None
