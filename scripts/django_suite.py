@@ -48,6 +48,21 @@ LABELS = [
     "get_or_create",
     "bulk_create",
     "raw_query",
+    "expressions",
+    "aggregation",
+    "lookup",
+    "model_fields",
+    "db_functions",
+    "update",
+    "delete",
+    "introspection",
+    "schema",
+    "migrations",
+    "servers",
+    "test_utils",
+    "fixtures",
+    "cache",
+    "sessions_tests",
 ]
 
 BACKENDS = {
@@ -180,7 +195,7 @@ def run(
 ) -> tuple[dict[str, str], float, int]:
     """One backend's run: (outcome per test id, seconds, exit status)."""
     params = conninfo_to_dict(dsn)
-    options = {"pool": {"size": 12, "timeout": 10}} if name == "ours" else {}
+    options = {"pgsupervisor": {"pool": {"size": 12, "timeout": 10}}} if name == "ours" else {}
     (workdir / f"settings_{name}.py").write_text(
         SETTINGS.format(
             engine=BACKENDS[name],

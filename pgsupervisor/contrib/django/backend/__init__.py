@@ -9,7 +9,7 @@ instead of being opened by Django.
 Which Manager: the one ``pgsupervisor.contrib.django`` runs for the process
 (``get_manager()``) when that app is installed and its DSN names the same
 server, database and user; otherwise one the backend builds from the
-DATABASES entry (``OPTIONS["pool"]``, a dict of pgsupervisor pool options,
-sizes it), one per process and target. Connections to the maintenance
+DATABASES entry and ``OPTIONS["pgsupervisor"]`` (Manager options such as
+``{"pool": {"size": 10}}``), one per process and target. Connections to the maintenance
 database (test database creation) are direct and short-lived.
 """

@@ -11,4 +11,4 @@ __all__ = ["DatabaseWrapper"]
 
 
 class DatabaseWrapper(SupervisedWrapper, PostgresWrapper):
-    display_name = "PostgreSQL (pgsupervisor)"
+    pass

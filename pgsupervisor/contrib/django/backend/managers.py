@@ -89,10 +89,14 @@ def _options(database: Mapping[str, Any], alias: str) -> dict[str, Any]:
 
         _, app_options, _ = manager_options()
         options = {k: v for k, v in app_options.items() if k not in _NOT_COPIED}
-    pool = (database.get("OPTIONS") or {}).get("pool")
-    if isinstance(pool, Mapping):
-        options["pool"] = pool
     options["stack_id"] = f"django-{alias}"
+    own = (database.get("OPTIONS") or {}).get("pgsupervisor") or {}
+    if not isinstance(own, Mapping):
+        raise TypeError(
+            "OPTIONS['pgsupervisor'] must be a dict of Manager options,"
+            f" got {own!r}"
+        )
+    options.update(own)
     return options
 
 

@@ -10,11 +10,16 @@ from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql.psycopg_any import IsolationLevel, is_psycopg3
 
 from ....errors import OptionError
+from ....manager import Manager
 from ...lease import Lease
 from .creation import DatabaseCreation
 from .managers import manager_for
 
-__all__ = ["SupervisedWrapper"]
+__all__ = ["OPTIONS_KEY", "SupervisedWrapper"]
+
+OPTIONS_KEY = "pgsupervisor"
+"""``OPTIONS["pgsupervisor"]``: Manager options for the Manager the backend
+builds (``{"pool": {"size": 10}, "backoff": {...}}``)."""
 
 if not is_psycopg3:
     raise ImproperlyConfigured("pgsupervisor's backend requires psycopg 3")
@@ -44,14 +49,34 @@ class SupervisedWrapper:
         """Django never builds a pool of its own here."""
         return None
 
+    @property
+    def pgsupervisor_manager(self) -> Manager:
+        """The started Manager whose snapshot pool serves this database."""
+        try:
+            return manager_for(self.settings_dict, self.alias)
+        except (OptionError, TypeError) as exc:
+            raise ImproperlyConfigured(f"database {self.alias!r}: {exc}") from exc
+
     def close_pool(self) -> None:
         """Nothing to close: every checkout is set up afresh (time zone
         changes included)."""
+
+    def get_connection_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
+        params.pop(OPTIONS_KEY, None)
+        return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if self.alias == NO_DB_ALIAS:
             return super().get_new_connection(conn_params)  # type: ignore[misc]
         options = self.settings_dict["OPTIONS"]
+        if isinstance(options.get("pool"), dict):
+            raise ImproperlyConfigured(
+                f"database {self.alias!r}: OPTIONS['pool'] configures Django's own"
+                " psycopg_pool, which this backend replaces; size the supervised"
+                " pool with OPTIONS['pgsupervisor'] = {'pool': {...}} (or"
+                " PGSUPERVISOR['pool'] with the pgsupervisor app)"
+            )
         isolation = options.get("isolation_level")
         try:
             self.isolation_level = IsolationLevel(
@@ -62,13 +87,7 @@ class SupervisedWrapper:
                 f"Invalid transaction isolation level {isolation} specified. Use"
                 " one of the psycopg.IsolationLevel values."
             ) from None
-        try:
-            manager = manager_for(self.settings_dict, self.alias)
-        except (OptionError, TypeError) as exc:
-            raise ImproperlyConfigured(
-                f"database {self.alias!r}: {exc}"
-            ) from exc
-        lease = Lease.borrow(manager.snapshot_pool)
+        lease = Lease.borrow(self.pgsupervisor_manager.snapshot_pool)
         conn = lease.conn
         try:
             conn.autocommit = True  # Django sets its own value next

@@ -16,8 +16,6 @@ __all__ = ["DatabaseWrapper"]
 
 
 class DatabaseWrapper(SupervisedWrapper, PostGISWrapper):
-    display_name = "PostGIS (pgsupervisor)"
-
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
         if self.alias != NO_DB_ALIAS:
