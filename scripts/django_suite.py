@@ -133,7 +133,7 @@ class RecordingRunner(DiscoverRunner):
                 json.dump(Recording.outcomes, f)
 '''
 
-SETTINGS = '''
+SETTINGS = """
 ENGINE = {engine!r}
 DATABASES = {{
     alias: {{
@@ -153,7 +153,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 USE_TZ = False
 TEST_RUNNER = "suite_runner.RecordingRunner"
-'''
+"""
 
 
 def fetch_tests(cache: Path) -> Path:
@@ -195,7 +195,11 @@ def run(
 ) -> tuple[dict[str, str], float, int]:
     """One backend's run: (outcome per test id, seconds, exit status)."""
     params = conninfo_to_dict(dsn)
-    options = {"pgsupervisor": {"pool": {"size": 12, "timeout": 10}}} if name == "ours" else {}
+    options = (
+        {"pgsupervisor": {"pool": {"size": 12, "timeout": 10}}}
+        if name == "ours"
+        else {}
+    )
     (workdir / f"settings_{name}.py").write_text(
         SETTINGS.format(
             engine=BACKENDS[name],
@@ -270,9 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(tempfile.gettempdir()) / "pgsupervisor-django-suite",
         help="where the Django sdist is kept between runs",
     )
-    parser.add_argument(
-        "--only", choices=sorted(BACKENDS), help="run one backend only"
-    )
+    parser.add_argument("--only", choices=sorted(BACKENDS), help="run one backend only")
     args = parser.parse_args(argv)
     tests = fetch_tests(args.cache)
     names = [args.only] if args.only else list(BACKENDS)

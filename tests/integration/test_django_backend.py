@@ -131,9 +131,7 @@ def test_assume_role_is_dropped_on_return(orm_dsn: str) -> None:
 def test_conn_max_age(orm_dsn: str, max_age: str, held: bool) -> None:
     """CONN_MAX_AGE=0 gives the connection back at the end of each request;
     a positive one keeps the same one checked out across requests."""
-    cycles = json.loads(
-        manage(orm_dsn, "ormrequests", ORM_CONN_MAX_AGE=max_age).stdout
-    )
+    cycles = json.loads(manage(orm_dsn, "ormrequests", ORM_CONN_MAX_AGE=max_age).stdout)
     available = [c["available"] for c in cycles]
     if held:
         assert len({c["pid"] for c in cycles}) == 1
@@ -227,3 +225,9 @@ def test_postgis_engine() -> None:
         )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "loaded"
+
+
+def test_threads_that_never_close_give_connections_back(orm_dsn: str) -> None:
+    manage(orm_dsn, "migrate", "--noinput")
+    out = json.loads(manage(orm_dsn, "ormthreads").stdout)
+    assert out == {"counts": [0] * 6, "available": SIZES["snapshot"]}

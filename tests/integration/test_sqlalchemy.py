@@ -81,7 +81,9 @@ def test_orm_session_and_begin_run_on_the_pool(
     assert engine.url.password is None
     Base.metadata.create_all(engine)
     with Session(engine) as session:
-        session.add_all([Item(id=1, name="a", data={"n": 1}), Item(id=2, name="b", data={"n": 2})])
+        session.add_all(
+            [Item(id=1, name="a", data={"n": 1}), Item(id=2, name="b", data={"n": 2})]
+        )
         session.commit()
         pid = session.execute(sa.text("select pg_backend_pid()")).scalar_one()
         assert pid in pids

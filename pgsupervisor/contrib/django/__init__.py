@@ -35,6 +35,7 @@ default_app_config = "pgsupervisor.contrib.django.apps.PgSupervisorConfig"
 
 _holder: ProcessManager | None = None
 
+
 def manager_options() -> tuple[str | dict[str, Any], dict[str, Any], bool | None]:
     """(conninfo, Manager keyword options, autostart) from the settings."""
     from django.conf import settings  # noqa: PLC0415

@@ -10,6 +10,7 @@ dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Mapping
@@ -65,10 +66,8 @@ def _stop_at_exit() -> None:
         if _exit_hooked:
             return
         _exit_hooked = True
-    try:
+    with contextlib.suppress(RuntimeError):  # already shutting down
         threading._register_atexit(_stop_all)  # type: ignore[attr-defined]
-    except RuntimeError:  # already shutting down
-        pass
 
 
 def _stop_all() -> None:
@@ -93,8 +92,7 @@ def _options(database: Mapping[str, Any], alias: str) -> dict[str, Any]:
     own = (database.get("OPTIONS") or {}).get("pgsupervisor") or {}
     if not isinstance(own, Mapping):
         raise TypeError(
-            "OPTIONS['pgsupervisor'] must be a dict of Manager options,"
-            f" got {own!r}"
+            f"OPTIONS['pgsupervisor'] must be a dict of Manager options, got {own!r}"
         )
     options.update(own)
     return options

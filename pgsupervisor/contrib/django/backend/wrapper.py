@@ -3,6 +3,7 @@ Django's postgresql and PostGIS wrappers."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -38,6 +39,7 @@ class SupervisedWrapper:
 
     creation_class = DatabaseCreation
     _lease: Lease | None = None
+    _give_back: weakref.finalize[[], Any] | None = None
 
     settings_dict: dict[str, Any]
     alias: str
@@ -102,6 +104,10 @@ class SupervisedWrapper:
             lease.give_back()
             raise
         self._lease = lease
+        # A wrapper dropped without close() (a thread that ended) still gives
+        # its connection back, when it is collected.
+        self._give_back = weakref.finalize(self, lease.give_back)
+        self._give_back.atexit = False
         return conn
 
     def _configure_role(self, connection: Any) -> bool:
@@ -117,11 +123,11 @@ class SupervisedWrapper:
         return cursor
 
     def _close(self) -> Any:
-        lease, self._lease = self._lease, None
-        if lease is None:
+        give_back, self._give_back, self._lease = self._give_back, None, None
+        if give_back is None:
             return super()._close()  # type: ignore[misc]
         try:
-            lease.give_back()
+            give_back()
         finally:
             self.connection = None
         return None

@@ -22,10 +22,11 @@ class OnThePool(TestCase):
         self.assertIs(connection.connection._pool, manager.snapshot_pool)
 
     def test_on_commit_in_test_case(self):
-        with self.captureOnCommitCallbacks(execute=True) as callbacks:
-            with transaction.atomic():
-                transaction.on_commit(lambda: None)
-        self.assertEqual(len(callbacks), 1)
+        ran = []
+        with self.captureOnCommitCallbacks(execute=True), transaction.atomic():
+            transaction.on_commit(lambda: ran.append(Order.objects.count()))
+            Order.objects.create(name="b")
+        self.assertEqual(ran, [1])
 
 
 class Committing(TransactionTestCase):

@@ -38,18 +38,26 @@ class Command(BaseCommand):
 
         with transaction.atomic():
             out["isolation"] = scalar("show transaction_isolation")
-            Order.objects.create(name="kept", placed=datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc), data={"a": [1, 2]})
+            Order.objects.create(
+                name="kept",
+                placed=datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+                data={"a": [1, 2]},
+            )
             try:
                 with transaction.atomic():
                     Order.objects.create(name="savepoint rolled back")
                     raise RuntimeError
             except RuntimeError:
                 pass
-            transaction.on_commit(lambda: out.setdefault("on_commit", []).append("committed"))
+            transaction.on_commit(
+                lambda: out.setdefault("on_commit", []).append("committed")
+            )
         try:
             with transaction.atomic():
                 Order.objects.create(name="rolled back")
-                transaction.on_commit(lambda: out.setdefault("on_commit", []).append("rolled back"))
+                transaction.on_commit(
+                    lambda: out.setdefault("on_commit", []).append("rolled back")
+                )
                 raise RuntimeError
         except RuntimeError:
             pass
