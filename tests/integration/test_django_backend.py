@@ -20,6 +20,8 @@ from pgsupervisor.testing.pytest_plugin import Server
 
 from .helpers import eventually
 
+pytestmark = pytest.mark.slow  # a manage.py subprocess per step
+
 ROOT = Path(__file__).resolve().parents[2]
 MANAGE = ROOT / "tests" / "integration" / "webapps" / "ormproject_manage.py"
 SIZES = {"admin": 1, "snapshot": 3}
@@ -140,10 +142,16 @@ def test_conn_max_age(orm_dsn: str, max_age: str, held: bool) -> None:
         assert available == [SIZES["snapshot"]] * 3
 
 
-@pytest.mark.parametrize("with_app", ["1", "0"], ids=["app-manager", "own-manager"])
+@pytest.mark.parametrize(
+    ("with_app", "parallel"),
+    [("1", "1"), ("0", "1"), ("1", "2")],
+    ids=["app-manager", "own-manager", "app-manager-parallel"],
+)
 def test_manage_py_test_creates_and_drops_the_test_database(
-    orm_dsn: str, pg_server: Server, with_app: str
+    orm_dsn: str, pg_server: Server, with_app: str, parallel: str
 ) -> None:
+    """The test database (and its clones with --parallel) is created, used
+    through the pool and dropped."""
     proc = manage(
         orm_dsn,
         "test",
@@ -151,14 +159,17 @@ def test_manage_py_test_creates_and_drops_the_test_database(
         "--noinput",
         "-v",
         "2",
+        f"--parallel={parallel}",
         ORM_APP=with_app,
     )
     log = proc.stdout + proc.stderr
     assert "Ran 3 tests" in log and "\nOK" in log, log
     test_db = "test_" + conninfo_to_dict(orm_dsn)["dbname"]
     assert f"Destroying test database for alias 'default' ('{test_db}')" in log
+    if parallel != "1":
+        assert f"Cloning test database for alias 'default' ('{test_db}')" in log
     assert not pg_server.execute(
-        "select 1 from pg_database where datname = %s", (test_db,)
+        "select datname from pg_database where datname like %s", (test_db + "%",)
     )
     assert eventually(lambda: sessions(pg_server, orm_dsn) == 0, timeout=10)
 
@@ -231,3 +242,37 @@ def test_threads_that_never_close_give_connections_back(orm_dsn: str) -> None:
     manage(orm_dsn, "migrate", "--noinput")
     out = json.loads(manage(orm_dsn, "ormthreads").stdout)
     assert out == {"counts": [0] * 6, "available": SIZES["snapshot"]}
+
+
+@pytest.mark.timeout(1800)
+def test_django_suite_same_outcomes_as_stock() -> None:
+    """Django's own tests: every test the stock backend passes, ours passes
+    (or is a documented difference). Fetches the Django sdist once."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "django_suite.py")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert "total" in proc.stdout
+
+
+def test_wrong_password_fails_fast_and_says_why(orm_dsn: str) -> None:
+    params = conninfo_to_dict(orm_dsn)
+    bad = orm_dsn.replace(str(params["password"]), "not-the-password")
+    proc = subprocess.run(
+        [sys.executable, str(MANAGE), "migrate", "--noinput"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TEST_DSN": bad, "ORM_APP": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "password authentication failed" in proc.stderr, proc.stderr[-3000:]
+    assert "not-the-password" not in proc.stdout + proc.stderr

@@ -6,9 +6,11 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql.psycopg_any import IsolationLevel, is_psycopg3
+from psycopg_pool import PoolClosed, PoolTimeout
 
 from ....errors import OptionError
 from ....manager import Manager
@@ -89,7 +91,16 @@ class SupervisedWrapper:
                 f"Invalid transaction isolation level {isolation} specified. Use"
                 " one of the psycopg.IsolationLevel values."
             ) from None
-        lease = Lease.borrow(self.pgsupervisor_manager.snapshot_pool)
+        manager = self.pgsupervisor_manager
+        try:
+            lease = Lease.borrow(manager.snapshot_pool)
+        except (PoolTimeout, PoolClosed):
+            if manager.error is None:
+                raise
+            # FAILED: say why (a wrong password, a missing database…).
+            raise psycopg.OperationalError(
+                f"database {self.alias!r} is unavailable: {manager.error}"
+            ) from manager.error
         conn = lease.conn
         try:
             conn.autocommit = True  # Django sets its own value next
