@@ -71,7 +71,29 @@ BACKENDS = {
 }
 
 # Tests of ours whose outcome differs from stock by design, with the reason.
-KNOWN_DIFFERENCES: dict[str, str] = {}
+_POOL = "backends.postgresql.tests.Tests."
+KNOWN_DIFFERENCES: dict[str, str] = {
+    _POOL + "test_connect_pool": (
+        "builds Django's own psycopg_pool from OPTIONS['pool'] (max_size 2,"
+        " PoolTimeout on a third checkout) through connection.pool; this backend"
+        " never builds one (connection.pool is None, a dict OPTIONS['pool'] is"
+        " refused): the Manager's snapshot pool serves, sized by its options"
+    ),
+    _POOL + "test_connect_pool_set_to_true": (
+        "asserts connection.pool is a Django-built psycopg_pool; here it is"
+        " always None, the Manager's snapshot pool serves"
+    ),
+    _POOL + "test_pooling_health_checks": (
+        "inspects the check callback of Django's pool; the supervised pool"
+        " checks connections at checkout and pings idle ones itself, and"
+        " CONN_HEALTH_CHECKS keeps Django's own per-request check on top"
+    ),
+    _POOL + "test_pooling_not_support_persistent_connections": (
+        "stock refuses OPTIONS['pool'] with CONN_MAX_AGE > 0; this backend"
+        " supports CONN_MAX_AGE (the connection stays checked out between"
+        " requests), so nothing is raised"
+    ),
+}
 
 PASSED = ("success", "expected_failure")
 
@@ -129,8 +151,11 @@ class RecordingRunner(DiscoverRunner):
         try:
             return super().run_suite(suite, **kwargs)
         finally:
+            from django.db import connections
+
+            engine = type(connections["default"]).__module__
             with open(os.environ["SUITE_RESULTS"], "w") as f:
-                json.dump(Recording.outcomes, f)
+                json.dump({"engine": engine, "outcomes": Recording.outcomes}, f)
 '''
 
 SETTINGS = """
@@ -237,8 +262,12 @@ def run(
             check=False,
         )
     elapsed = time.monotonic() - started
-    outcomes = json.loads(results.read_text()) if results.exists() else {}
-    return outcomes, elapsed, proc.returncode
+    if not results.exists():
+        return {}, elapsed, proc.returncode
+    recorded = json.loads(results.read_text())
+    if not recorded["engine"].startswith(BACKENDS[name]):
+        raise SystemExit(f"{name}: the suite ran on {recorded['engine']}")
+    return recorded["outcomes"], elapsed, proc.returncode
 
 
 def label_of(test_id: str, labels: list[str]) -> str:
