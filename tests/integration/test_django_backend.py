@@ -276,3 +276,37 @@ def test_wrong_password_fails_fast_and_says_why(orm_dsn: str) -> None:
     assert proc.returncode != 0
     assert "password authentication failed" in proc.stderr, proc.stderr[-3000:]
     assert "not-the-password" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"pgsupervisor": {"pool": {"min_size": 2}}}, "min_size"),
+        ({"pool": {"max_size": 4}}, "OPTIONS['pgsupervisor']"),
+    ],
+    ids=["bad-manager-option", "django-pool-dict"],
+)
+def test_bad_pool_options_are_improperly_configured(
+    options: dict[str, Any], message: str
+) -> None:
+    code = (
+        "import django; from django.conf import settings;"
+        " settings.configure(DATABASES={'default': {"
+        "'ENGINE': 'pgsupervisor.contrib.django.backend', 'NAME': 'x',"
+        f" 'HOST': '127.0.0.1', 'PORT': 1, 'OPTIONS': {options!r}}}}});"
+        " django.setup(); from django.db import connection;"
+        " from django.core.exceptions import ImproperlyConfigured\n"
+        "try:\n    connection.ensure_connection()\n"
+        "except ImproperlyConfigured as exc:\n    print(exc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert message in proc.stdout, proc.stdout

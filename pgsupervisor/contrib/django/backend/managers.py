@@ -111,11 +111,11 @@ def manager_for(database: Mapping[str, Any], alias: str) -> Manager:
         process = _built.get(key)
         if process is None:
             options = _options(database, alias)
-            process = _built[key] = ProcessManager(lambda: Manager(params, **options))
+            process = ProcessManager(lambda: Manager(params, **options))
+            manager = process.get(start=False)  # bad options raise here
+            _built[key] = process
             logger.info(
-                "database %r: starting a Manager for %s",
-                alias,
-                process.get(start=False).conninfo.describe(),
+                "database %r: a Manager for %s", alias, manager.conninfo.describe()
             )
     _stop_at_exit()
     return process.get()
