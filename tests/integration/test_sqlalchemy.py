@@ -228,3 +228,12 @@ def test_server_restart(pg_cluster: Cluster, cluster_app_dsn: str) -> None:
             lambda: manager.pool_stats()["snapshot"]["pool_available"] == 3, timeout=15
         )
         assert_pool_whole(manager, pg_cluster, dsn)
+
+
+def test_readme_block_runs(
+    manager: Manager, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .test_readme import run_block
+
+    run_block("SQLAlchemy", "", manager=manager)
+    assert capsys.readouterr().out == "on the snapshot pool\n"
