@@ -119,6 +119,16 @@ def test_orm_runs_on_the_snapshot_pool(
     assert eventually(lambda: sessions(pg_server, orm_dsn) == 0, timeout=10)
 
 
+def test_own_manager_sessions_start_in_djangos_time_zone(orm_dsn: str) -> None:
+    """Without a time zone in OPTIONS["options"], the Manager the backend
+    builds opens its sessions in Django's, so no checkout sets one."""
+    env = {"ORM_APP": "0", "ORM_TZ_OPTION": "0"}
+    manage(orm_dsn, "migrate", "--noinput", **env)
+    out = json.loads(manage(orm_dsn, "ormcheck", **env).stdout)
+    assert out["orm_timezone"] == out["returned"]["timezone"] == "UTC"
+    assert out["names"] == ["kept"]
+
+
 def test_assume_role_is_dropped_on_return(orm_dsn: str) -> None:
     manage(orm_dsn, "migrate", "--noinput", ORM_ROLE="orm_owner")
     out = json.loads(manage(orm_dsn, "ormcheck", ORM_ROLE="orm_owner").stdout)

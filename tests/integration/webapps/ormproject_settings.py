@@ -36,7 +36,11 @@ DATABASES = {
             "assume_role": os.environ.get("ORM_ROLE") or None,
             "pool": True,
             # libpq's: the pool's sessions start in New York time.
-            "options": "-c TimeZone=America/New_York",
+            **(
+                {"options": "-c TimeZone=America/New_York"}
+                if os.environ.get("ORM_TZ_OPTION", "1") == "1"
+                else {}
+            ),
             **({} if _with_app else {"pgsupervisor": {"pool": _pool}}),
         },
     }

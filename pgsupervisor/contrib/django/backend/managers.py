@@ -98,8 +98,21 @@ def _options(database: Mapping[str, Any], alias: str) -> dict[str, Any]:
     return options
 
 
-def manager_for(database: Mapping[str, Any], alias: str) -> Manager:
-    """The started Manager whose snapshot pool serves *database*."""
+def _in_time_zone(params: dict[str, Any], time_zone: str | None) -> dict[str, Any]:
+    """*params* whose sessions start in *time_zone* (Django's), unless the
+    options already name one: then no checkout has to SET it and set it
+    back."""
+    options = str(params.get("options") or "")
+    if not time_zone or "timezone" in options.lower():
+        return params
+    return {**params, "options": f"{options} -c TimeZone={time_zone}".strip()}
+
+
+def manager_for(
+    database: Mapping[str, Any], alias: str, time_zone: str | None = None
+) -> Manager:
+    """The started Manager whose snapshot pool serves *database*; one built
+    here starts its sessions in *time_zone*."""
     params = libpq_params(database)
     wanted = target(params)
     if _app_installed():
@@ -111,7 +124,8 @@ def manager_for(database: Mapping[str, Any], alias: str) -> Manager:
         process = _built.get(key)
         if process is None:
             options = _options(database, alias)
-            process = ProcessManager(lambda: Manager(params, **options))
+            own = _in_time_zone(params, time_zone)
+            process = ProcessManager(lambda: Manager(own, **options))
             manager = process.get(start=False)  # bad options raise here
             _built[key] = process
             logger.info(

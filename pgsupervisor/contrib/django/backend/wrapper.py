@@ -47,6 +47,7 @@ class SupervisedWrapper:
     alias: str
     connection: Any
     isolation_level: Any
+    timezone_name: str | None
 
     @property
     def pool(self) -> None:
@@ -57,7 +58,7 @@ class SupervisedWrapper:
     def pgsupervisor_manager(self) -> Manager:
         """The started Manager whose snapshot pool serves this database."""
         try:
-            return manager_for(self.settings_dict, self.alias)
+            return manager_for(self.settings_dict, self.alias, self.timezone_name)
         except (OptionError, TypeError) as exc:
             raise ImproperlyConfigured(f"database {self.alias!r}: {exc}") from exc
 
