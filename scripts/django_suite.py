@@ -3,6 +3,7 @@
 pgsupervisor's, in one run on one throw-away server, and compare.
 
     python scripts/django_suite.py [--labels backends queries ...] [--cache DIR]
+    python scripts/django_suite.py --request-cost
 
 Django's sdist ships its tests (``tests/runtests.py``); the one matching the
 installed Django is fetched with ``pip download --no-binary :all:`` into the
@@ -294,6 +295,54 @@ def table(
     return rows
 
 
+REQUEST_COST = """
+import sys, time
+import django
+from django.conf import settings
+
+base = dict(NAME={dbname!r}, USER={user!r}, PASSWORD={password!r}, HOST={host!r},
+            PORT={port!r})
+settings.configure(USE_TZ=True, INSTALLED_APPS=[], DATABASES={{
+    alias: dict(base, ENGINE=engine) for alias, engine in {backends!r}.items()
+}} | {{"default": dict(base, ENGINE="django.db.backends.postgresql")}})
+django.setup()
+from django.db import connections
+
+def request(alias):
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connection.close()  # CONN_MAX_AGE = 0: the end of every request
+
+for alias in {backends!r}:
+    request(alias)
+for alias in {backends!r}:
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(200):
+            request(alias)
+        best = min(best, (time.perf_counter() - started) / 200)
+    print(f"{{alias}}: {{best * 1000:.3f}} ms per request (best of 5 x 200)")
+"""
+
+
+def request_cost(dsn: str) -> None:
+    """What one request costs each backend with CONN_MAX_AGE = 0: connect
+    (stock) or check out (ours), SELECT 1, close."""
+    params = conninfo_to_dict(dsn)
+    code = REQUEST_COST.format(
+        dbname=params["dbname"],
+        user=params["user"],
+        password=params["password"],
+        host=params["host"],
+        port=str(params["port"]),
+        backends=BACKENDS,
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", nargs="+", default=LABELS)
@@ -304,7 +353,16 @@ def main(argv: list[str] | None = None) -> int:
         help="where the Django sdist is kept between runs",
     )
     parser.add_argument("--only", choices=sorted(BACKENDS), help="run one backend only")
+    parser.add_argument(
+        "--request-cost",
+        action="store_true",
+        help="instead of the suite: time a request's connect/checkout + close",
+    )
     args = parser.parse_args(argv)
+    if args.request_cost:
+        with Cluster() as cluster:
+            request_cost(cluster.dsn())
+        return 0
     tests = fetch_tests(args.cache)
     names = [args.only] if args.only else list(BACKENDS)
     results: dict[str, dict[str, str]] = {}
