@@ -16,6 +16,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from pgsupervisor.contrib.django.backend.params import libpq_params, target
+from pgsupervisor.testing.cluster import Cluster
 from pgsupervisor.testing.pytest_plugin import Server
 
 from .helpers import eventually
@@ -320,3 +321,45 @@ def test_bad_pool_options_are_improperly_configured(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert message in proc.stdout, proc.stdout
+
+
+@pytest.mark.server_control
+@pytest.mark.parametrize("max_age", ["0", "60"], ids=["per-request", "persistent"])
+def test_server_restart_between_requests(
+    pg_cluster: Cluster, cluster_app_dsn: str, max_age: str
+) -> None:
+    """The server restarts between two requests: the next request gets a
+    live connection without an error (the pool discards dead connections at
+    checkout; with a persistent connection, CONN_HEALTH_CHECKS closes it) and
+    the pool is whole afterwards."""
+    dsn = cluster_app_dsn
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TEST_DSN": dsn,
+        "ORM_CONN_MAX_AGE": max_age,
+    }
+    manage(dsn, "migrate", "--noinput")
+    proc = subprocess.Popen(
+        [sys.executable, str(MANAGE), "ormrestart"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready"
+        pg_cluster.restart()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads(out.splitlines()[-1])
+    assert result["errors"] == []
+    assert result["after"] != result["before"]  # a new session after the restart
+    assert result["available"] == result["size"] == SIZES["snapshot"]
