@@ -10,7 +10,9 @@ from django.db import connection
 
 class Command(BaseCommand):
     def handle(self, *args, **options):
-        pool = connection.pgsupervisor_manager.snapshot_pool
+        manager = connection.pgsupervisor_manager
+        manager.wait_active(timeout=10)  # every pool connection is up
+        pool = manager.snapshot_pool
         cycles = []
         for _ in range(3):
             request_started.send(sender=None)

@@ -13,7 +13,9 @@ from ...models import Order
 
 class Command(BaseCommand):
     def handle(self, *args, **options):
-        pool = connection.pgsupervisor_manager.snapshot_pool
+        manager = connection.pgsupervisor_manager
+        manager.wait_active(timeout=10)  # every pool connection is up
+        pool = manager.snapshot_pool
         counts = []
 
         def work():
