@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, TextIO
@@ -326,6 +326,8 @@ def json_value(value: Any) -> Any:
     """JSON for what psycopg's loaders return; exact where JSON is not."""
     if value is UNCHANGED_TOAST:
         return {"unchanged_toast": True}
+    if isinstance(value, Mapping):  # a change's row, decoded when read
+        return dict(value)
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, datetime.datetime | datetime.date | datetime.time):
