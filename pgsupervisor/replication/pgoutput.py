@@ -455,6 +455,7 @@ class _Streamed:
 
 _U16 = struct.Struct(">H").unpack_from
 _OID_MARKER = struct.Struct(">IB").unpack_from
+_INSERT = struct.Struct(">IBH").unpack_from
 _TEXT = pq.Format.TEXT
 _K, _O, _N = 0x4B, 0x4F, 0x4E
 
@@ -512,11 +513,12 @@ class Assembler:
         if self._in_stream is None and self._xid is not None:
             try:
                 if kind == 0x49:  # Insert
-                    oid, marker = _OID_MARKER(data, start + 1)
-                    if marker != _N:
-                        raise DecodeError("Insert without 'N'")
+                    oid, marker, ncols = _INSERT(data, start + 1)
                     table = self._tables.get(oid) or self._lookup(oid)
-                    self._check_columns(table, data, start + 6)
+                    if marker != _N or ncols != table.ncols:
+                        if marker != _N:
+                            raise DecodeError("Insert without 'N'")
+                        self._check_columns(table, data, start + 6)
                     self._changes.append(
                         Change(
                             "insert",

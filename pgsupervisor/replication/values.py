@@ -101,6 +101,7 @@ class Columns:
         "key_positions",
         "loaders",
         "names",
+        "ncols",
         "oids",
         "schema",
         "table",
@@ -122,6 +123,7 @@ class Columns:
         self.schema = schema
         self.table = table
         self.names = names
+        self.ncols = len(names)
         self.oids = oids
         self.index = {name: i for i, name in enumerate(names)}
         tx = Transformer(context)
@@ -273,7 +275,7 @@ class Row(Mapping[str, Any]):
     @classmethod
     def from_values(cls, columns: Columns, raw: list[Any]) -> Row:
         """A row over values already split (see `split_tuple`)."""
-        row = cls(columns, None)
+        row = cls(columns, None, -1 if UNCHANGED_TOAST in raw else 0)
         row._raw = raw
         return row
 
@@ -281,7 +283,7 @@ class Row(Mapping[str, Any]):
         buf = self._buf
         if buf is None:
             raise DecodeError("row has no tuple data")  # pragma: no cover
-        raw, end, _ = split_tuple(buf, self._pos)
+        raw, end, toast = split_tuple(buf, self._pos)
         if end != len(buf):
             raise DecodeError(
                 f"{self._cols.schema}.{self._cols.table}: {len(buf) - end} unexpected"
@@ -289,6 +291,7 @@ class Row(Mapping[str, Any]):
             )
         self._raw = raw
         self._buf = None
+        self._pos = -1 if toast else 0  # once split: whether UNCHANGED_TOAST is in
         return raw
 
     def __getitem__(self, key: str) -> Any:
@@ -321,9 +324,8 @@ class Row(Mapping[str, Any]):
         raw = self._raw
         if raw is None:
             raw = self._split()
-        toast = UNCHANGED_TOAST in raw
         try:
-            if toast:
+            if self._pos < 0:
                 values = list(
                     cols.transformer.load_sequence(
                         [None if v is UNCHANGED_TOAST else v for v in raw]

@@ -338,3 +338,22 @@ def test_logical_messages_and_slot_creation_are_delivered(db, tmp_path) -> None:
     ]
     assert [m.content for m in mixed.messages] == [b"first", b"second"]
     assert [c.table for c in mixed.changes] == ["done"]
+
+
+def test_readme_loader_recipe_maps_infinity(db, tmp_path) -> None:
+    from .test_readme import PLACEHOLDER, blocks  # noqa: PLC0415
+
+    dsn, slot = db
+    code = blocks()["Values"].replace(PLACEHOLDER, dsn)
+    code = code.replace('"app_changes"', repr(slot))
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    exec(compile(code, "README.rst [Values]", "exec"), namespace)
+    manager: Manager = namespace["manager"]
+    returning(dsn, "create table inf (id int primary key, d date, r daterange)")
+    got = Collector(manager)
+    with running(manager):
+        manager.wait_active(timeout=20)
+        returning(dsn, "insert into inf values (1, 'infinity', '[2024-01-01,)')")
+        got.wait_for(lambda c: len(c.changes) == 1, 20)
+    row = got.changes[0].new
+    assert row["d"] == dt.date.max and row["r"].lower == dt.date(2024, 1, 1)
