@@ -341,7 +341,7 @@ def test_logical_messages_and_slot_creation_are_delivered(db, tmp_path) -> None:
 
 
 def test_readme_loader_recipe_maps_infinity(db, tmp_path) -> None:
-    from .test_readme import PLACEHOLDER, blocks  # noqa: PLC0415
+    from .test_readme import PLACEHOLDER, blocks
 
     dsn, slot = db
     code = blocks()["Values"].replace(PLACEHOLDER, dsn)
