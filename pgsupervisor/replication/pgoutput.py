@@ -24,6 +24,7 @@ from typing import Any, Final
 from psycopg import adapters as default_adapters
 from psycopg import pq
 from psycopg.abc import AdaptContext
+from psycopg.adapt import Transformer
 
 from .values import UNCHANGED_TOAST, Columns, DecodeError, Row, split_tuple
 
@@ -232,15 +233,16 @@ _NAMES = {
 class _Reader:
     """A cursor over one message; every read is bounds-checked by struct."""
 
-    __slots__ = ("buf", "pos")
+    __slots__ = ("buf", "encoding", "pos")
 
-    def __init__(self, buf: bytes, pos: int = 0):
+    def __init__(self, buf: bytes, pos: int = 0, encoding: str = "utf-8"):
         self.buf = buf
         self.pos = pos
+        self.encoding = encoding
 
     def string(self) -> str:
         end = self.buf.index(0, self.pos)
-        value = self.buf[self.pos : end].decode()
+        value = self.buf[self.pos : end].decode(self.encoding)
         self.pos = end + 1
         return value
 
@@ -283,14 +285,20 @@ class _Reader:
 
 
 def decode(
-    data: bytes, *, in_stream: bool = False, proto_version: int = 1
+    data: bytes,
+    *,
+    in_stream: bool = False,
+    proto_version: int = 1,
+    encoding: str = "utf-8",
 ) -> PgOutputMessage:
     """Decode one pgoutput message. *in_stream*: between Stream Start and
-    Stream Stop, where data messages carry the (sub)transaction's xid."""
+    Stream Stop, where data messages carry the (sub)transaction's xid.
+    *encoding*: the session's client encoding, which the server converts
+    names and text to."""
     if not data:
         raise DecodeError("empty pgoutput message")
     kind = data[0]
-    r = _Reader(data, 1)
+    r = _Reader(data, 1, encoding)
     try:
         message = _decode(kind, r, in_stream, proto_version)
     except (
@@ -489,6 +497,7 @@ class Assembler:
         self._resolve_types = resolve_types
         self._base_types: dict[int, int] = {}
         self._warned: set[tuple[str, str, str]] = set()
+        self._encoding = Transformer(self._context).encoding  # of names, prefixes
         self._tables: dict[int, Columns] = {}
         self._types: dict[int, str] = {}
         # The plain transaction in progress (None outside Begin…Commit).
@@ -555,6 +564,7 @@ class Assembler:
             data[start:] if start else data,
             in_stream=self._in_stream is not None,
             proto_version=self.proto_version,
+            encoding=self._encoding,
         )
         return self.apply(message)
 

@@ -363,19 +363,9 @@ class ReplicationStream:
         from .types import domain_base_types  # noqa: PLC0415
         from .values import Session  # noqa: PLC0415
 
-        # The walsender formats values with this session's settings and in the
-        # database encoding: bind the loaders to this session, and make its
-        # client encoding (which the loaders decode text with) that encoding.
+        # The walsender formats values with this session's settings: bind the
+        # loaders to it.
         conn = self._conn
-        server_encoding = conn.pgconn.parameter_status(b"server_encoding")
-        if server_encoding and server_encoding != conn.pgconn.parameter_status(
-            b"client_encoding"
-        ):
-            self._query(
-                sql.SQL("SET client_encoding TO {}")
-                .format(sql.Literal(server_encoding.decode()))
-                .as_string(conn)
-            )
 
         def resolve_types(oids: Collection[int]) -> dict[int, int]:
             with self._admin() as admin:

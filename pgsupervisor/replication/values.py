@@ -132,7 +132,7 @@ class Columns:
         self.loaders = tuple(tx.get_loader(oid, _TEXT).load for oid in load_oids)
         tx.set_loader_types(load_oids, _TEXT)
         self.transformer = tx
-        self.encoding = tx.encoding
+        self.encoding = tx.encoding  # the walsender converts text to it
         self._warned = set() if warned is None else warned
         self.key_positions: tuple[int, ...] = ()
         self.key: Columns | None = None
@@ -282,7 +282,7 @@ class Row(Mapping[str, Any]):
     def _split(self) -> list[Any]:
         buf = self._buf
         if buf is None:
-            raise DecodeError("row has no tuple data")  # pragma: no cover
+            raise DecodeError("row has no tuple data")
         raw, end, toast = split_tuple(buf, self._pos)
         if end != len(buf):
             raise DecodeError(
@@ -303,7 +303,21 @@ class Row(Mapping[str, Any]):
             return cache[key]
         i = self._cols.index[key]
         raw = self._raw
-        data = raw[i] if raw is not None else _column(self._buf, self._pos, i)
+        if raw is not None:
+            data = raw[i]
+        else:  # walk to column i; _column() has the same walk, for the rare kinds
+            buf: Any = self._buf
+            pos = self._pos + 2
+            for _ in range(i):
+                pos += 5 + _I32(buf, pos + 1)[0] if buf[pos] == 0x74 else 1
+            if buf[pos] == 0x74:
+                (length,) = _I32(buf, pos + 1)
+                pos += 5
+                if length < 0 or pos + length > len(buf):
+                    return _column(buf, self._pos, i)  # raises DecodeError
+                data = buf[pos : pos + length]
+            else:
+                data = _column(buf, self._pos, i)
         if data is None or data is UNCHANGED_TOAST:
             return data
         try:
@@ -324,28 +338,33 @@ class Row(Mapping[str, Any]):
         raw = self._raw
         if raw is None:
             raw = self._split()
-        try:
-            if self._pos < 0:
-                values = list(
-                    cols.transformer.load_sequence(
-                        [None if v is UNCHANGED_TOAST else v for v in raw]
-                    )
-                )
-                for i, v in enumerate(raw):
-                    if v is UNCHANGED_TOAST:
-                        values[i] = UNCHANGED_TOAST
-                d = dict(zip(cols.names, values, strict=True))
-            else:
-                d = dict(
-                    zip(cols.names, cols.transformer.load_sequence(raw), strict=True)
-                )
-        except Exception:
+        d = self._load_row(cols, raw)
+        if d is None:  # one value by one: RawValue for those that fail
             d = {name: cols.load(i, raw[i]) for i, name in enumerate(cols.names)}
         if self._cache:
             d.update(self._cache)  # keep the objects already handed out
         self._dict = d
         self._raw = self._cache = None
         return d
+
+    def _load_row(self, cols: Columns, raw: list[Any]) -> dict[str, Any] | None:
+        """Every value in one call to psycopg's C row loader; None if one
+        of them fails."""
+        try:
+            if self._pos >= 0:
+                values = cols.transformer.load_sequence(raw)
+                return dict(zip(cols.names, values, strict=True))
+            loaded = list(
+                cols.transformer.load_sequence(
+                    [None if v is UNCHANGED_TOAST else v for v in raw]
+                )
+            )
+        except Exception:
+            return None
+        for i, v in enumerate(raw):
+            if v is UNCHANGED_TOAST:
+                loaded[i] = UNCHANGED_TOAST
+        return dict(zip(cols.names, loaded, strict=True))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._cols.names)

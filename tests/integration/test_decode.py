@@ -59,11 +59,14 @@ def select_each(dsn: str, table: str) -> list[dict[str, Any]]:
         ids = [r[0] for r in conn.execute(f"select id from {table} order by id")]
         rows: list[dict[str, Any]] = [{} for _ in ids]
         for name, oid in cols:
-            query = f"select {name} from {table} order by id"
+            col = sql.Identifier(name)
+            query = sql.SQL("select {} from {} order by id").format(col, sql.SQL(table))
             try:
                 values = [r[0] for r in conn.execute(query)]
             except Exception:
-                text = f"select {name}::text from {table} order by id"
+                text = sql.SQL("select {}::text from {} order by id").format(
+                    col, sql.SQL(table)
+                )
                 values = [
                     None if t is None else RawValue(t, oid)
                     for (t,) in conn.execute(text)
@@ -172,7 +175,8 @@ def test_session_settings_format_what_the_loaders_read(
         assert str(tz.tzinfo) == settings["timezone"]
 
 
-def test_latin1_database(pg_server, tmp_path) -> None:
+@pytest.mark.parametrize("client_encoding", [None, "UTF8"])
+def test_latin1_database(pg_server, tmp_path, client_encoding: str | None) -> None:
     name = f"latin1_{tmp_path.name[-8:]}".lower().replace("-", "_")
     pg_server.execute(
         sql.SQL(
@@ -182,23 +186,26 @@ def test_latin1_database(pg_server, tmp_path) -> None:
         .format(sql.Identifier(name))
         .as_string(None)
     )
-    dsn = pg_server.dsn(dbname=name)
+    params = {"client_encoding": client_encoding} if client_encoding else {}
+    dsn = pg_server.dsn(dbname=name, **params)
     try:
         returning(
             dsn,
             "create table done (id int primary key)",
-            "create table l (id int primary key, t text, tags text[], j jsonb)",
+            'create table "lé" (id int primary key, "prénom" text, tags text[],'
+            " j jsonb)",
         )
         changes, _ = stream(
             dsn,
             name,
             tmp_path,
-            """insert into l values (1, 'héllo ñ ü ß', '{"à", "ç"}',
+            """insert into "lé" values (1, 'héllo ñ ü ß', '{"à", "ç"}',
                 '{"clé": "Ünïcode"}')""",
         )
-        expected = select_each(dsn, "l")
+        expected = select_each(dsn, '"lé"')
         assert [exactly(c.new) for c in changes] == [exactly(r) for r in expected]
-        assert changes[0].new["t"] == "héllo ñ ü ß"
+        assert changes[0].table == "lé"
+        assert changes[0].new["prénom"] == "héllo ñ ü ß"
         assert changes[0].new["tags"] == ["à", "ç"]
     finally:
         pg_server.execute(
