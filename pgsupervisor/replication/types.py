@@ -18,24 +18,40 @@ import psycopg
 __all__ = ["domain_base_types"]
 
 _BASE_TYPES = """
-WITH RECURSIVE chain(oid, base) AS (
-    SELECT oid, typbasetype FROM pg_catalog.pg_type
-    WHERE oid = ANY(%s) AND typtype = 'd'
+WITH RECURSIVE chain(oid, type) AS (
+    SELECT oid, oid FROM pg_catalog.pg_type WHERE oid = ANY(%s)
   UNION ALL
     SELECT chain.oid, t.typbasetype
-    FROM chain JOIN pg_catalog.pg_type t ON t.oid = chain.base
+    FROM chain JOIN pg_catalog.pg_type t ON t.oid = chain.type
     WHERE t.typtype = 'd'
 )
-SELECT chain.oid, chain.base
-FROM chain JOIN pg_catalog.pg_type t ON t.oid = chain.base
+SELECT chain.oid, chain.type
+FROM chain JOIN pg_catalog.pg_type t ON t.oid = chain.type
 WHERE t.typtype <> 'd'
 """
+
+# A type created in the transaction being decoded can be missing for a moment:
+# the walsender sends a transaction once its commit record is flushed, before
+# the commit is visible to other sessions.
+_ATTEMPTS = 100
+_PAUSE = 0.01
 
 
 def domain_base_types(
     conn: psycopg.Connection[Any], oids: Collection[int]
 ) -> dict[int, int]:
     """``{domain oid: base type oid}`` for those of *oids* that are domains,
-    following domains over domains to the first type that is not one."""
-    rows = conn.execute(_BASE_TYPES, (list(oids),)).fetchall()
-    return {int(oid): int(base) for oid, base in rows}
+    following domains over domains to the first type that is not one. A type
+    not in the catalog yet is looked up again for up to a second (a type
+    dropped since is then taken as no domain)."""
+    missing = set(oids)
+    found: dict[int, int] = {}
+    for attempt in range(_ATTEMPTS):
+        if attempt:
+            conn.execute("SELECT pg_sleep(%s)", (_PAUSE,))
+        rows = conn.execute(_BASE_TYPES, (list(missing),)).fetchall()
+        found.update((int(oid), int(base)) for oid, base in rows)
+        missing.difference_update(found)
+        if not missing:
+            break
+    return {oid: base for oid, base in found.items() if base != oid}
