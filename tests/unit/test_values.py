@@ -18,6 +18,7 @@ from psycopg import adapters as global_adapters
 from psycopg.adapt import AdaptersMap
 from psycopg.types.datetime import DateLoader
 
+from pgsupervisor.options import ReplicationOptions, coerce_replication
 from pgsupervisor.replication import UNCHANGED_TOAST, DecodeError, RawValue
 from pgsupervisor.replication.pgoutput import Assembler, Message, Transaction
 
@@ -309,3 +310,12 @@ def test_any_reading_order_gives_the_values_sent(
             assert row[f"c{i}"] == expected[f"c{i}"]
     assert row == expected
     assert pickle.loads(pickle.dumps(row)) == expected
+
+
+def test_replication_option_adapters_takes_an_adapters_map() -> None:
+    adapters = AdaptersMap(global_adapters)
+    options = coerce_replication({"slot_name": "s", "adapters": adapters})
+    assert options is not None and options.adapters is adapters
+    assert ReplicationOptions("s").adapters is None
+    with pytest.raises(TypeError, match="'adapters' must be a psycopg AdaptersMap"):
+        ReplicationOptions("s", adapters={"date": InfinityDateLoader})  # type: ignore[arg-type]
