@@ -189,36 +189,36 @@ def split_tuple(buf: bytes, pos: int) -> tuple[list[Any], int, bool]:
     """Split the TupleData at *pos* into one item per column: the value's
     bytes, None (NULL) or UNCHANGED_TOAST; also return where it ends and
     whether an unchanged TOAST value is among them."""
-    (ncols,) = _I16(buf, pos)
-    pos += 2
     size = len(buf)
     values: list[Any] = []
     append = values.append
     toast = False
-    for _ in range(ncols):
-        kind = buf[pos]
-        if kind == 0x74:  # 't' text
-            (length,) = _I32(buf, pos + 1)
-            pos += 5
-            end = pos + length
-            if length < 0 or end > size:
+    try:
+        (ncols,) = _I16(buf, pos)
+        pos += 2
+        for _ in range(ncols):
+            kind = buf[pos]
+            if kind == 0x74:  # 't' text
+                start = pos + 5
+                pos = start + _I32(buf, pos + 1)[0]
+                if pos < start:
+                    raise DecodeError(f"negative value length at offset {start - 4}")
+                append(buf[start:pos])
+            elif kind == 0x6E:  # 'n' null
+                append(None)
+                pos += 1
+            elif kind == 0x75:  # 'u' unchanged toast
+                append(UNCHANGED_TOAST)
+                toast = True
+                pos += 1
+            else:
                 raise DecodeError(
-                    f"column value of {length} bytes at offset {pos} overruns the"
-                    f" message of {size} bytes"
+                    f"unexpected tuple column kind {bytes([kind])!r} at offset {pos}"
                 )
-            append(buf[pos:end])
-            pos = end
-        elif kind == 0x6E:  # 'n' null
-            append(None)
-            pos += 1
-        elif kind == 0x75:  # 'u' unchanged toast
-            append(UNCHANGED_TOAST)
-            toast = True
-            pos += 1
-        else:
-            raise DecodeError(
-                f"unexpected tuple column kind {bytes([kind])!r} at offset {pos}"
-            )
+    except (IndexError, struct.error):
+        pos = size + 1
+    if pos > size:
+        raise DecodeError(f"a column value overruns the message of {size} bytes")
     return values, pos, toast
 
 
@@ -338,7 +338,16 @@ class Row(Mapping[str, Any]):
         raw = self._raw
         if raw is None:
             raw = self._split()
-        d = self._load_row(cols, raw)
+        d = None
+        if self._pos >= 0:  # no UNCHANGED_TOAST: the row in one C call
+            try:
+                d = dict(
+                    zip(cols.names, cols.transformer.load_sequence(raw), strict=False)
+                )
+            except Exception:
+                d = None
+        else:
+            d = self._load_toasted(cols, raw)
         if d is None:  # one value by one: RawValue for those that fail
             d = {name: cols.load(i, raw[i]) for i, name in enumerate(cols.names)}
         if self._cache:
@@ -347,13 +356,9 @@ class Row(Mapping[str, Any]):
         self._raw = self._cache = None
         return d
 
-    def _load_row(self, cols: Columns, raw: list[Any]) -> dict[str, Any] | None:
-        """Every value in one call to psycopg's C row loader; None if one
-        of them fails."""
+    @staticmethod
+    def _load_toasted(cols: Columns, raw: list[Any]) -> dict[str, Any] | None:
         try:
-            if self._pos >= 0:
-                values = cols.transformer.load_sequence(raw)
-                return dict(zip(cols.names, values, strict=True))
             loaded = list(
                 cols.transformer.load_sequence(
                     [None if v is UNCHANGED_TOAST else v for v in raw]
@@ -384,10 +389,12 @@ class Row(Mapping[str, Any]):
         return self._cols.index.keys()
 
     def values(self) -> ValuesView[Any]:
-        return self._values().values()
+        d = self._dict
+        return (d if d is not None else self._values()).values()
 
     def items(self) -> ItemsView[str, Any]:
-        return self._values().items()
+        d = self._dict
+        return (d if d is not None else self._values()).items()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Row):

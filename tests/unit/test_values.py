@@ -319,3 +319,11 @@ def test_replication_option_adapters_takes_an_adapters_map() -> None:
     assert ReplicationOptions("s").adapters is None
     with pytest.raises(TypeError, match="'adapters' must be a psycopg AdaptersMap"):
         ReplicationOptions("s", adapters={"date": InfinityDateLoader})  # type: ignore[arg-type]
+
+
+def test_a_value_overrunning_mid_tuple_is_a_decode_error() -> None:
+    good = enc.insert(1, ROW)
+    # The first value claims the bytes of the ones after it, and more.
+    bad = good[:9] + (40).to_bytes(4, "big") + good[13:]
+    with pytest.raises(DecodeError, match="overruns"):
+        dict(inserted_raw(bad))
