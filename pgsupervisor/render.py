@@ -1,0 +1,127 @@
+"""How ``pgsupervisor watch`` renders a committed transaction: one strict
+JSON line (RFC 8259, so any JSON parser reads it) or readable text.
+
+JSON has no NaN, no infinities, no exact decimals, no bytes and no
+durations, so:
+
+* float NaN and infinities are the strings ``"NaN"``, ``"Infinity"`` and
+  ``"-Infinity"``; numerics (``Decimal``) are strings with every digit;
+* intervals are ISO 8601 durations (``"P1DT2H3M4.5S"``) of the `timedelta`
+  psycopg loads: psycopg counts a month as 30 days, so ``'1 mon'`` arrives
+  as ``"P30D"``;
+* bytes are ``"\\x"`` and their hex digits, as PostgreSQL prints bytea;
+* a value psycopg could not load (a `RawValue`, e.g. date ``infinity``) is
+  its text as the server sent it;
+* dates and times are ISO 8601; anything else without a JSON form (UUID,
+  inet, ranges) is its ``str()``.
+
+``new`` and ``old`` hold exactly the columns the stream delivered; ``old``
+is ``null`` when the server sent no old row.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from .replication import UNCHANGED_TOAST, Transaction, format_lsn
+
+__all__ = ["iso_duration", "jsonable", "transaction_json", "transaction_text"]
+
+
+def iso_duration(value: datetime.timedelta) -> str:
+    """``PnDTnHnMnS``, with a leading ``-`` for a negative duration."""
+    sign = "-" if value < datetime.timedelta(0) else ""
+    value = abs(value)
+    hours, rest = divmod(value.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    date = f"{value.days}D" if value.days else ""
+    time = ""
+    if hours:
+        time += f"{hours}H"
+    if minutes:
+        time += f"{minutes}M"
+    if seconds or value.microseconds:
+        fraction = (
+            f".{value.microseconds:06d}".rstrip("0") if value.microseconds else ""
+        )
+        time += f"{seconds}{fraction}S"
+    if not date and not time:
+        return "PT0S"
+    return f"{sign}P{date}{'T' + time if time else ''}"
+
+
+def _raw_text(value: Any) -> str | None:
+    """The text of a value the stream could not load (``RawValue(text,
+    type_oid)``), else None."""
+    text = getattr(value, "text", None)
+    if isinstance(text, str) and hasattr(value, "type_oid"):
+        return text
+    return None
+
+
+def jsonable(value: Any) -> Any:
+    """*value* as something ``json.dumps(..., allow_nan=False)`` accepts."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if value is UNCHANGED_TOAST:
+        return {"unchanged_toast": True}
+    if (raw := _raw_text(value)) is not None:
+        return raw
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return iso_duration(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def transaction_json(tx: Transaction) -> str:
+    """One line of strict JSON."""
+    document = {
+        "xid": tx.xid,
+        "commit_lsn": format_lsn(tx.commit_lsn),
+        "end_lsn": format_lsn(tx.end_lsn),
+        "commit_time": tx.commit_time.isoformat(),
+        "origin": tx.origin,
+        "changes": [
+            {
+                "op": c.op,
+                "schema": c.schema,
+                "table": c.table,
+                "new": jsonable(c.new),
+                "old": jsonable(c.old),
+            }
+            for c in tx.changes
+        ],
+    }
+    return json.dumps(document, ensure_ascii=False, allow_nan=False)
+
+
+def transaction_text(tx: Transaction) -> str:
+    head = (
+        f"COMMIT xid {tx.xid} at {format_lsn(tx.end_lsn)} {tx.commit_time.isoformat()}"
+    )
+    lines = [head]
+    for c in tx.changes:
+        row = c.new if c.new is not None else c.old
+        shown = json.dumps(jsonable(row), ensure_ascii=False) if row else ""
+        lines.append(f"  {c.op.upper()} {c.schema}.{c.table} {shown}".rstrip())
+    return "\n".join(lines)
