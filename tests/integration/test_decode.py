@@ -18,7 +18,7 @@ from psycopg.types.datetime import DateLoader
 from pgsupervisor import Backoff, Manager, signals
 from pgsupervisor.replication import RawValue
 
-from .helpers import Collector, running
+from .helpers import Collector, eventually, running
 
 FAST = Backoff("exp", min=0.05, max=0.3)
 
@@ -374,3 +374,23 @@ def test_readme_loader_recipe_maps_infinity(db, tmp_path) -> None:
         got.wait_for(lambda c: len(c.changes) == 1, 20)
     row = got.changes[0].new
     assert row["d"] == dt.date.max and row["r"].lower == dt.date(2024, 1, 1)
+
+
+def test_slot_created_again_is_flagged_recreated(db, tmp_path) -> None:
+    dsn, slot = db
+    manager = make_manager(dsn, slot, tmp_path, temporary=True)
+    created: list[dict[str, Any]] = []
+    signals.slot_created.connect(
+        lambda sender, **kw: created.append(kw), sender=manager, weak=False
+    )
+    with running(manager):
+        manager.wait_active(timeout=20)
+        assert created == [{"slot_name": slot, "recreated": False}]
+        # The temporary slot goes with its session: the stream makes a new one.
+        returning(
+            dsn,
+            f"select pg_terminate_backend(active_pid) from pg_replication_slots"
+            f" where slot_name = '{slot}'",
+        )
+        assert eventually(lambda: len(created) == 2, timeout=20)
+    assert created[1] == {"slot_name": slot, "recreated": True}
