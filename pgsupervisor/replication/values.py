@@ -262,36 +262,41 @@ class Row(Mapping[str, Any]):
     comes back as a plain dict of its values.
     """
 
-    __slots__ = ("_buf", "_cache", "_cols", "_dict", "_pos", "_raw")
+    __slots__ = ("_buf", "_cache", "_cols", "_dict", "_pos", "_raw", "_toast")
 
     def __init__(self, columns: Columns, buf: bytes | None, pos: int = 0):
         self._cols = columns
         self._buf = buf  # the message holding the tuple, until it is split
         self._pos = pos
         self._raw: list[Any] | None = None
+        self._toast = False  # UNCHANGED_TOAST among the values, once split
         self._cache: dict[str, Any] | None = None  # columns read one by one
         self._dict: dict[str, Any] | None = None  # every column, once read
 
     @classmethod
     def from_values(cls, columns: Columns, raw: list[Any]) -> Row:
         """A row over values already split (see `split_tuple`)."""
-        row = cls(columns, None, -1 if UNCHANGED_TOAST in raw else 0)
+        row = cls(columns, None)
         row._raw = raw
+        row._toast = UNCHANGED_TOAST in raw
         return row
 
-    def _split(self) -> list[Any]:
+    def _split(self) -> list[Any] | None:
+        """The values as sent; None if another thread decoded them all
+        meanwhile (then `_dict` is set: it is set before `_raw` is cleared,
+        as `_raw` is before `_buf`)."""
         buf = self._buf
         if buf is None:
-            raise DecodeError("row has no tuple data")
+            return self._raw
         raw, end, toast = split_tuple(buf, self._pos)
         if end != len(buf):
             raise DecodeError(
                 f"{self._cols.schema}.{self._cols.table}: {len(buf) - end} unexpected"
                 f" bytes after the tuple at offset {end}"
             )
+        self._toast = toast
         self._raw = raw
         self._buf = None
-        self._pos = -1 if toast else 0  # once split: whether UNCHANGED_TOAST is in
         return raw
 
     def __getitem__(self, key: str) -> Any:
@@ -307,6 +312,8 @@ class Row(Mapping[str, Any]):
             data = raw[i]
         else:  # walk to column i; _column() has the same walk, for the rare kinds
             buf: Any = self._buf
+            if buf is None:  # another thread split the row meanwhile
+                return self._values()[key]
             pos = self._pos + 2
             for _ in range(i):
                 pos += 5 + _I32(buf, pos + 1)[0] if buf[pos] == 0x74 else 1
@@ -338,8 +345,12 @@ class Row(Mapping[str, Any]):
         raw = self._raw
         if raw is None:
             raw = self._split()
+            if raw is None:
+                d = self._dict
+                assert d is not None
+                return d
         d = None
-        if self._pos >= 0:  # no UNCHANGED_TOAST: the row in one C call
+        if not self._toast:  # the row in one C call
             try:
                 d = dict(
                     zip(cols.names, cols.transformer.load_sequence(raw), strict=False)
