@@ -327,4 +327,3 @@ def test_a_value_overrunning_mid_tuple_is_a_decode_error() -> None:
     bad = good[:9] + (40).to_bytes(4, "big") + good[13:]
     with pytest.raises(DecodeError, match="overruns"):
         dict(inserted_raw(bad))
-
