@@ -178,11 +178,6 @@ def test_every_line_is_strict_json_and_maps_back_to_select(
     assert int(result.stdout) == len(lines)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the decoder pads old with None for columns the server did not send;"
-    " remove this mark when old holds only the replica identity",
-)
 def test_old_holds_only_the_replica_identity(
     repl_db: tuple[str, str], tmp_path: Path
 ) -> None:
