@@ -38,7 +38,13 @@ from .errors import (
 )
 from .manager import Manager
 from .options import ConnInfo
-from .render import jsonable, transaction_json, transaction_text
+from .render import (
+    iso_interval_adapters,
+    iso_interval_conninfo,
+    jsonable,
+    transaction_json,
+    transaction_text,
+)
 from .replication import Transaction
 from .status import Status
 from .timeline import default_directory
@@ -279,10 +285,10 @@ def watch(args: argparse.Namespace) -> int:
         return 1
     with _state_dir(args) as state_dir:
         manager = Manager(
-            args.dsn,
+            iso_interval_conninfo(args.dsn),
             stack_id=f"watch-{args.slot}",
             pool={"size": 2},
-            replication=replication,
+            replication={**replication, "adapters": iso_interval_adapters()},
             timeline={"directory": state_dir},
         )
         if args.temporary:

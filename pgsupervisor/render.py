@@ -6,9 +6,11 @@ durations, so:
 
 * float NaN and infinities are the strings ``"NaN"``, ``"Infinity"`` and
   ``"-Infinity"``; numerics (``Decimal``) are strings with every digit;
-* intervals are ISO 8601 durations (``"P1DT2H3M4.5S"``) of the `timedelta`
-  psycopg loads: psycopg counts a month as 30 days, so ``'1 mon'`` arrives
-  as ``"P30D"``;
+* intervals are ISO 8601 durations as PostgreSQL writes them with
+  ``IntervalStyle = iso_8601`` (``"P1Y2M3DT4H5M6.5S"``; a month stays a
+  month, where psycopg's `timedelta` counts 30 days): `watch` streams with
+  that setting and `IsoIntervalLoader` keeps the server's text. A
+  `timedelta` from elsewhere becomes ``PnDTnHnMnS``;
 * bytes are ``"\\x"`` and their hex digits, as PostgreSQL prints bytea;
 * a value psycopg could not load (a `RawValue`, e.g. date ``infinity``) is
   its text as the server sent it;
@@ -28,9 +30,45 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import AdaptersMap, Loader
+
 from .replication import UNCHANGED_TOAST, Transaction, format_lsn
 
-__all__ = ["iso_duration", "jsonable", "transaction_json", "transaction_text"]
+__all__ = [
+    "IsoIntervalLoader",
+    "iso_duration",
+    "iso_interval_adapters",
+    "iso_interval_conninfo",
+    "jsonable",
+    "transaction_json",
+    "transaction_text",
+]
+
+
+class IsoIntervalLoader(Loader):
+    """An interval as the server wrote it under ``IntervalStyle =
+    iso_8601``: years, months and days stay what they are."""
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode("ascii")
+
+
+def iso_interval_adapters() -> AdaptersMap:
+    """psycopg's adapters, with intervals (and their arrays) kept as ISO 8601
+    text."""
+    adapters = AdaptersMap(psycopg.adapters)
+    adapters.register_loader("interval", IsoIntervalLoader)
+    return adapters
+
+
+def iso_interval_conninfo(dsn: str) -> dict[str, str]:
+    """*dsn* as parameters whose sessions write intervals in ISO 8601."""
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    options = str(params.get("options") or "")
+    params["options"] = f"{options} -c IntervalStyle=iso_8601".strip()
+    return {k: str(v) for k, v in params.items() if v is not None}
 
 
 def iso_duration(value: datetime.timedelta) -> str:
@@ -110,6 +148,9 @@ def transaction_json(tx: Transaction) -> str:
                 "old": jsonable(c.old),
             }
             for c in tx.changes
+        ],
+        "messages": [
+            {"prefix": m.prefix, "content": jsonable(m.content)} for m in tx.messages
         ],
     }
     return json.dumps(document, ensure_ascii=False, allow_nan=False)
