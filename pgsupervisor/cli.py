@@ -40,7 +40,6 @@ from .manager import Manager
 from .options import ConnInfo
 from .render import (
     iso_interval_adapters,
-    iso_interval_conninfo,
     jsonable,
     transaction_json,
     transaction_text,
@@ -285,7 +284,7 @@ def watch(args: argparse.Namespace) -> int:
         return 1
     with _state_dir(args) as state_dir:
         manager = Manager(
-            iso_interval_conninfo(args.dsn),
+            args.dsn,
             stack_id=f"watch-{args.slot}",
             pool={"size": 2},
             replication={**replication, "adapters": iso_interval_adapters()},

@@ -8,9 +8,8 @@ durations, so:
   ``"-Infinity"``; numerics (``Decimal``) are strings with every digit;
 * intervals are ISO 8601 durations as PostgreSQL writes them with
   ``IntervalStyle = iso_8601`` (``"P1Y2M3DT4H5M6.5S"``; a month stays a
-  month, where psycopg's `timedelta` counts 30 days): `watch` streams with
-  that setting and `IsoIntervalLoader` keeps the server's text. A
-  `timedelta` from elsewhere becomes ``PnDTnHnMnS``;
+  month, where psycopg's `timedelta` counts 30 days): `watch` loads them
+  with `IsoIntervalLoader`. A `timedelta` becomes ``PnDTnHnMnS``;
 * bytes are ``"\\x"`` and their hex digits, as PostgreSQL prints bytea;
 * a value psycopg could not load (a `RawValue`, e.g. date ``infinity``) is
   its text as the server sent it;
@@ -26,6 +25,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -40,35 +40,59 @@ __all__ = [
     "IsoIntervalLoader",
     "iso_duration",
     "iso_interval_adapters",
-    "iso_interval_conninfo",
     "jsonable",
     "transaction_json",
     "transaction_text",
 ]
 
 
+_POSTGRES_INTERVAL = re.compile(
+    rb"""^(?:([-+]?\d+)\ years?\ ?)?
+    (?:([-+]?\d+)\ mons?\ ?)?
+    (?:([-+]?\d+)\ days?\ ?)?
+    (?:([-+])?(\d+):(\d+):(\d+)(?:\.(\d+))?)?$""",
+    re.VERBOSE,
+)
+
+
 class IsoIntervalLoader(Loader):
-    """An interval as the server wrote it under ``IntervalStyle =
-    iso_8601``: years, months and days stay what they are."""
+    """An interval as an ISO 8601 duration, written as PostgreSQL does with
+    ``IntervalStyle = iso_8601`` (``'1 mon -1 days'`` is ``"P1M-1D"``):
+    years, months and days stay what they are, where psycopg's `timedelta`
+    counts a month as 30 days. Text in another IntervalStyle is kept as is."""
 
     def load(self, data: Buffer) -> str:
-        return bytes(data).decode("ascii")
+        text = bytes(data)
+        match = _POSTGRES_INTERVAL.match(text)
+        if match is None:
+            return text.decode("ascii", "backslashreplace")
+        years, months, days, sign, hours, minutes, seconds, fraction = (
+            g.decode() if g is not None else None for g in match.groups()
+        )
+        date = "".join(
+            f"{int(n)}{unit}"
+            for n, unit in ((years, "Y"), (months, "M"), (days, "D"))
+            if n is not None and int(n)
+        )
+        time = ""
+        minus = "-" if sign == "-" else ""
+        for n, unit in ((hours, "H"), (minutes, "M")):
+            if n is not None and int(n):
+                time += f"{minus}{int(n)}{unit}"
+        digits = (fraction or "").rstrip("0")
+        if seconds is not None and (int(seconds) or digits):
+            time += f"{minus}{int(seconds)}{'.' + digits if digits else ''}S"
+        if not date and not time:
+            return "PT0S"
+        return f"P{date}{'T' + time if time else ''}"
 
 
 def iso_interval_adapters() -> AdaptersMap:
-    """psycopg's adapters, with intervals (and their arrays) kept as ISO 8601
-    text."""
+    """psycopg's adapters, with intervals (and their arrays) loaded as ISO
+    8601 durations."""
     adapters = AdaptersMap(psycopg.adapters)
     adapters.register_loader("interval", IsoIntervalLoader)
     return adapters
-
-
-def iso_interval_conninfo(dsn: str) -> dict[str, str]:
-    """*dsn* as parameters whose sessions write intervals in ISO 8601."""
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    options = str(params.get("options") or "")
-    params["options"] = f"{options} -c IntervalStyle=iso_8601".strip()
-    return {k: str(v) for k, v in params.items() if v is not None}
 
 
 def iso_duration(value: datetime.timedelta) -> str:

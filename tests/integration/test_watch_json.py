@@ -212,3 +212,38 @@ def test_old_holds_only_the_replica_identity(
     assert message_only["messages"] == [
         {"prefix": "app", "content": "\\x" + "héllo".encode().hex()}
     ]
+
+
+def test_intervals_render_as_the_server_writes_iso_8601(
+    repl_db: tuple[str, str],
+) -> None:
+    from pgsupervisor.render import IsoIntervalLoader
+
+    literals = [
+        "0",
+        "1 microsecond",
+        "-1 microsecond",
+        "1 day 02:03:04.5",
+        "-1 day -00:00:01",
+        "1 mon -1 day",
+        "1 year 2 mons -3 days 04:05:06.000100",
+        "-2 years -1 mon +5 days -100:00:00.25",
+        "100 hours",
+        "178000000 years",
+        "-178000000 years",
+        "59.999999 seconds",
+        "1 mon 2 days 00:00:00.000001",
+    ]
+    dsn, _ = repl_db
+    loader = IsoIntervalLoader(1186)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for literal in literals:
+            conn.execute("set intervalstyle = postgres")
+            (text,) = conn.execute(
+                "select %s::interval::text", (literal,)
+            ).fetchone() or ("",)
+            conn.execute("set intervalstyle = iso_8601")
+            (iso,) = conn.execute(
+                "select %s::interval::text", (literal,)
+            ).fetchone() or ("",)
+            assert loader.load(text.encode()) == iso, (literal, text)
