@@ -285,7 +285,7 @@ def test_restart_storm_escalates_to_the_supervisor(
             )
             time.sleep(0.15)
         rec.wait_for("connection_error", timeout=10)
-        assert "rebuilding the pools" in all_logs.text
+        assert "rebuilding the pool" in all_logs.text
         manager.wait_active(timeout=10)
         assert rec.of("connection_error")[0]["delay"] is not None
     assert APP_PASSWORD not in all_logs.text
