@@ -181,10 +181,11 @@ def _closed_by_server(conn: Conn) -> bool:
     An idle pooled connection has nothing to read unless the server closed
     it or sent something unasked: a NOTIFY to a connection that ran LISTEN,
     a notice, a parameter change. So readability costs one ``poll`` and,
-    only when readable, a look: ``consume_input()`` never blocks, and libpq
-    keeps what it read (psycopg hands the notifications to the connection's
-    handlers at its next query). libpq takes a FATAL on an idle connection
-    for a notice and sees the EOF only at the next read, hence the loop.
+    only when readable, a look: ``consume_input()`` never blocks, and the
+    notifications read go where psycopg puts them (its handlers and the
+    backlog ``conn.notifies()`` yields first). libpq takes a FATAL on an
+    idle connection for a notice and sees the EOF only at the next read,
+    hence the loop. Call it without the pool's lock: handlers are user code.
     """
     pgconn = conn.pgconn
     poller = select.poll()
@@ -199,7 +200,16 @@ def _closed_by_server(conn: Conn) -> bool:
             pgconn.consume_input()
         except psycopg.Error:
             return True
+        _hand_over_notifies(pgconn)
     return pgconn.status != pq.ConnStatus.OK
+
+
+def _hand_over_notifies(pgconn: pq.abc.PGconn) -> None:
+    """Give the notifications libpq read during our own calls to psycopg,
+    as its generators do after each of theirs."""
+    while (notify := pgconn.notifies()) is not None:
+        if pgconn.notify_handler:
+            pgconn.notify_handler(notify)
 
 
 def _drop_message(name: str, waited: float) -> str:
@@ -389,6 +399,7 @@ class SupervisedPool(ConnectionPool[Conn]):
             if conn in errors:
                 self._discard(conn, errors[conn])
             else:
+                _hand_over_notifies(conn.pgconn)
                 self._add_to_pool(conn)
 
     def queue_state(self) -> dict[str, Any]:
@@ -429,19 +440,23 @@ class SupervisedPool(ConnectionPool[Conn]):
         signals.send(signals.checkout_error, self._sender, role=self.role, error=error)
 
     def _getconn_unchecked(self, timeout: float) -> Conn:
-        with self._lock:
-            conn = self._get_ready_connection(timeout)
-            if conn is None:
-                if not self.options.queue:
-                    self._stats[self._REQUESTS_ERRORS] += 1
-                    raise QueueTimeout(
-                        f"connection not available in pool {self.name!r} and queuing"
-                        " is disabled (queue=False)"
-                    )
-                pos = _Waiter(monotonic())
-                self._waiting.append(pos)
-                self._stats[self._REQUESTS_QUEUED] += 1
-                self._maybe_grow_pool()
+        while True:
+            with self._lock:
+                conn = self._get_ready_connection(timeout)
+                if conn is None:
+                    if not self.options.queue:
+                        self._stats[self._REQUESTS_ERRORS] += 1
+                        raise QueueTimeout(
+                            f"connection not available in pool {self.name!r} and"
+                            " queuing is disabled (queue=False)"
+                        )
+                    pos = _Waiter(monotonic())
+                    self._waiting.append(pos)
+                    self._stats[self._REQUESTS_QUEUED] += 1
+                    self._maybe_grow_pool()
+            if conn is None or not _closed_by_server(conn):
+                break
+            self.run_task(_Discard(self, conn))  # and try the next one
         if conn is None:
             try:
                 conn = pos.wait(timeout=timeout)
@@ -457,14 +472,6 @@ class SupervisedPool(ConnectionPool[Conn]):
                     1000.0 * (monotonic() - pos.sent)
                 )
         conn._pool = self
-        return conn
-
-    def _get_ready_connection(self, timeout: float | None) -> Conn | None:
-        conn = super()._get_ready_connection(timeout)
-        while conn is not None and _closed_by_server(conn):
-            # Called under self._lock: close and replace outside it.
-            self.run_task(_Discard(self, conn))
-            conn = self._pool.popleft() if self._pool else None
         return conn
 
     def _add_to_pool(self, conn: Conn) -> None:

@@ -15,7 +15,8 @@ from psycopg import sql
 from psycopg_pool import PoolTimeout
 
 from pgsupervisor import Backoff, Manager, QueueTimeout, Status, signals
-from pgsupervisor.testing.pytest_plugin import APP_PASSWORD, Server
+from pgsupervisor.errors import HookError
+from pgsupervisor.testing.pytest_plugin import APP_PASSWORD, Server, create_app_role
 
 from .helpers import Recorder, eventually, running
 
@@ -335,3 +336,182 @@ def test_bad_pool_options(pool: dict, message: str) -> None:
 def test_bad_pool_option_types(pool: dict, message: str) -> None:
     with pytest.raises(TypeError, match=message):
         Manager("host=x", pool=pool)
+
+
+# --- the application's kwargs stay the application's --------------------------
+
+
+def repl_app_dsn(pg_server: Server) -> str:
+    return create_app_role(pg_server, "kw", replication=True)
+
+
+def test_autocommit_in_kwargs_is_the_snapshot_pools_alone(app_dsn: str) -> None:
+    """psycopg_pool's idiom ``kwargs={"autocommit": True}`` reaches the
+    application's connections, and nothing else."""
+    manager = Manager(app_dsn, pool={"size": 3, "kwargs": {"autocommit": True}})
+    with running(manager):
+        manager.wait_active(timeout=10)
+        with manager.snapshot_pool.connection() as conn:
+            assert conn.autocommit
+            conn.execute("create table t (x int)")
+            conn.execute("insert into t values (1)")  # no transaction left open
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with manager.admin_pool.connection() as conn:
+            assert not conn.autocommit
+        with psycopg.connect(app_dsn) as other:
+            assert other.execute("select x from t").fetchall() == [(1,)]
+
+
+@pytest.mark.parametrize("as_callable", [False, True])
+def test_row_factory_in_kwargs_with_replication(
+    pg_server: Server, tmp_path: Any, as_callable: bool
+) -> None:
+    from psycopg.rows import dict_row
+
+    dsn = repl_app_dsn(pg_server)
+    slot = f"kw_{int(as_callable)}_{next(_slots)}"
+    given = {"row_factory": dict_row, "application_name": "kw-app"}
+    kwargs: Any = (lambda: dict(given)) if as_callable else given
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create table items (id int primary key)")
+    manager = Manager(
+        dsn,
+        stack_id=slot,
+        pool={"size": 3, "kwargs": kwargs},
+        replication={"slot_name": slot, "tables": ["public.items"]},
+        timeline={"directory": str(tmp_path)},
+        backoff=FAST,
+    )
+    got: list[Any] = []
+    signals.transaction.connect(
+        lambda s, transaction: got.append(transaction), sender=manager, weak=False
+    )
+    with running(manager):
+        manager.wait_active(timeout=15)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            (sysid,) = conn.execute(
+                "select system_identifier from pg_control_system()"
+            ).fetchone()
+            conn.execute("insert into items values (1)")
+        assert manager.system_identifier == sysid
+        with manager.snapshot_pool.connection() as conn:
+            assert conn.execute("select 1 as one").fetchone() == {"one": 1}
+        assert eventually(lambda: len(got) == 1, timeout=10)
+        assert got[0].changes[0].new == {"id": 1}
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            names = conn.execute(
+                "select application_name from pg_stat_activity"
+                " where usename = current_user and pid <> pg_backend_pid()"
+            ).fetchall()
+        # libpq parameters of the kwargs still reach every connection.
+        assert {n for (n,) in names} == {"kw-app"}
+        assert manager.status is Status.ACTIVE
+
+
+_slots = iter(range(1, 10_000))
+
+
+# --- only the Manager closes its pools --------------------------------------------
+
+
+def test_closing_a_managed_pool_is_ignored(app_dsn: str, all_logs) -> None:
+    manager = Manager(app_dsn, pool={"size": 3}, backoff=FAST)
+    with running(manager):
+        manager.wait_active(timeout=10)
+        pool = manager.snapshot_pool
+        with pool as entered:
+            assert entered is pool
+        pool.close()
+        held = pool.getconn(timeout=5)
+        try:
+            with pytest.raises(PoolTimeout):
+                pool.wait(timeout=0.2)  # not full: one connection is out
+        finally:
+            pool.putconn(held)
+        assert not pool.closed
+        with pool.connection(timeout=5) as conn:
+            assert conn.execute("select 42").fetchone() == (42,)
+        assert manager.status is Status.ACTIVE
+        assert "belongs to its Manager: close() ignored" in all_logs.text
+    assert pool.closed  # the Manager's stop() closes it
+
+
+# --- LISTEN on pooled connections -----------------------------------------------
+
+
+def test_notify_to_listening_pooled_connections_is_no_failure(app_dsn: str) -> None:
+    """Six idle connections LISTEN, one NOTIFY reaches them all: no
+    connection is discarded, no status change, and each connection still
+    gets its notification."""
+    manager = Manager(
+        app_dsn,
+        pool={"snapshot_size": 6, "admin_size": 1, "idle_interval": 0.05},
+        backoff=FAST,
+    )
+    rec = Recorder(manager)
+    with running(manager):
+        manager.wait_active(timeout=10)
+        pool = manager.snapshot_pool
+        conns = [pool.getconn(timeout=5) for _ in range(6)]
+        pids = {c.info.backend_pid for c in conns}
+        for conn in conns:
+            conn.execute("listen news")
+            conn.commit()
+            pool.putconn(conn)
+        with psycopg.connect(app_dsn, autocommit=True) as other:
+            other.execute("notify news, 'hello'")
+        time.sleep(0.5)  # pings and checkouts see the readable sockets
+        conns = [pool.getconn(timeout=5) for _ in range(6)]
+        try:
+            assert {c.info.backend_pid for c in conns} == pids
+            for conn in conns:
+                got = [n.payload for n in conn.notifies(timeout=2, stop_after=1)]
+                assert got == ["hello"]
+        finally:
+            for conn in conns:
+                pool.putconn(conn)
+        assert rec.of("status_changed") == [
+            {"old": Status.STOPPED, "new": Status.STARTING},
+            {"old": Status.STARTING, "new": Status.ACTIVE},
+        ]
+        assert rec.of("disconnected") == []
+        assert manager.pool_stats()["snapshot"]["connections_discarded"] == 0
+
+
+# --- the user's kwargs callable ---------------------------------------------------
+
+
+def test_a_kwargs_callable_with_a_bug_fails_fast(app_dsn: str, all_logs) -> None:
+    calls = []
+
+    def kwargs() -> dict[str, Any]:
+        calls.append(1)
+        return {"password": None.strip()}  # type: ignore[attr-defined]
+
+    manager = Manager(app_dsn, pool={"size": 3, "kwargs": kwargs}, backoff=FAST)
+    with running(manager):
+        assert manager.wait_status(Status.ACTIVE, timeout=10) is Status.FAILED
+        assert isinstance(manager.error, HookError)
+        assert "AttributeError" in str(manager.error)
+        time.sleep(0.5)
+        assert len(calls) <= 3  # no retry loop
+    tracebacks = [line for line in all_logs.lines if "Traceback" in line]
+    assert len(tracebacks) == 1
+    assert "None.strip()" in tracebacks[0] and "HookError" in tracebacks[0]
+
+
+def test_a_transient_error_in_the_kwargs_callable_is_retried(app_dsn: str) -> None:
+    failures = iter([TimeoutError("token service timed out"), OSError("reset")])
+
+    def kwargs() -> dict[str, Any]:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return {}
+
+    manager = Manager(app_dsn, pool={"size": 3, "kwargs": kwargs}, backoff=FAST)
+    rec = Recorder(manager)
+    with running(manager):
+        manager.wait_active(timeout=10)
+    errors = rec.of("connection_error")
+    assert len(errors) == 2 and all(e["delay"] is not None for e in errors)
