@@ -255,6 +255,7 @@ class Manager:
             on_event=self._events.put,
             sender=self,
             redact=lambda exc: self._classify(exc, role),
+            stop_owner=self.stop,
         )
 
     @property

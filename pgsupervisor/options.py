@@ -202,6 +202,10 @@ class PoolOptions:
     """Bound on *configure*; past it the connection is discarded."""
     reset: Callable[[Any], None] | None = None
     """psycopg_pool's: run on each connection returned to the pool."""
+    check: Callable[[Any], None] | None = None
+    """psycopg_pool's: run on each connection handed out (e.g.
+    ``ConnectionPool.check_connection``); a failure discards it. Rarely
+    needed: connections the server closed are discarded at checkout anyway."""
     connection_listeners: Any = None
     """Callables or objects with ``put()`` told ``("connected", id)`` and
     ``("disconnected", id)``; ``(listeners, tag)`` adds the tag to each."""
@@ -241,7 +245,7 @@ class PoolOptions:
         _number("pool", "max_restarts", self.max_restarts, integer=True, minimum=0)
         if not isinstance(self.queue, bool):
             raise TypeError("pool option 'queue' must be a bool")
-        for name in ("configure", "reset"):
+        for name in ("configure", "reset", "check"):
             if getattr(self, name) is not None and not callable(getattr(self, name)):
                 raise TypeError(f"pool option {name!r} must be a callable")
         if self.kwargs is not None and not (
@@ -304,8 +308,13 @@ class PoolOptions:
         return {k: v for k, v in self.connection_kwargs().items() if k in keywords}
 
     def for_role(self, role: str) -> PoolOptions:
-        """These options with *role*'s overrides applied."""
+        """These options with *role*'s overrides applied. The application's
+        hooks (*configure*, *reset*, *check*) are the snapshot pool's: the
+        admin pool runs the supervisor's queries and takes them only from
+        ``admin={}``."""
         overrides = dict(getattr(self, role) or {})
+        if role == "admin":
+            overrides = {"configure": None, "reset": None, "check": None, **overrides}
         return dataclasses.replace(self, **overrides, admin=None, snapshot=None)
 
     def listeners_and_tag(self) -> tuple[tuple[Listener, ...], Any]:

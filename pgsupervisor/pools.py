@@ -200,16 +200,36 @@ def _closed_by_server(conn: Conn) -> bool:
             pgconn.consume_input()
         except psycopg.Error:
             return True
-        _hand_over_notifies(pgconn)
+        if _hand_over_notifies(pgconn):
+            return True  # the FATAL before the close: the EOF may lag behind
     return pgconn.status != pq.ConnStatus.OK
 
 
-def _hand_over_notifies(pgconn: pq.abc.PGconn) -> None:
-    """Give the notifications libpq read during our own calls to psycopg,
-    as its generators do after each of theirs."""
-    while (notify := pgconn.notifies()) is not None:
-        if pgconn.notify_handler:
-            pgconn.notify_handler(notify)
+_SEVERITY = pq.DiagnosticField.SEVERITY_NONLOCALIZED
+
+
+def _hand_over_notifies(pgconn: pq.abc.PGconn) -> bool:
+    """Parse what libpq read during our own calls and give the notifications
+    to psycopg, as its generators do after each of theirs; True if the
+    server sent a FATAL error (libpq takes it for a notice when idle)."""
+    fatal = False
+    handler = pgconn.notice_handler
+
+    def on_notice(result: pq.abc.PGresult) -> None:
+        nonlocal fatal
+        if result.error_field(_SEVERITY) in (b"FATAL", b"PANIC"):
+            fatal = True
+        elif handler is not None:
+            handler(result)
+
+    pgconn.notice_handler = on_notice
+    try:
+        while (notify := pgconn.notifies()) is not None:
+            if pgconn.notify_handler:
+                pgconn.notify_handler(notify)
+    finally:
+        pgconn.notice_handler = handler
+    return fatal
 
 
 def _drop_message(name: str, waited: float) -> str:
@@ -248,6 +268,7 @@ class SupervisedPool(ConnectionPool[Conn]):
         on_event: Callable[[PoolEvent], None],
         sender: Any = None,
         redact: Callable[[BaseException], BaseException] = lambda exc: exc,
+        stop_owner: Callable[[float], None] | None = None,
     ):
         self.role = role
         self.options = options
@@ -262,7 +283,7 @@ class SupervisedPool(ConnectionPool[Conn]):
         self._owed = 0  # AddConnection tasks queued or running
         self._failed = 0  # slots whose attempt failed, until refill()
         self._closing = False
-        self._warned_close = False
+        self._stop_owner = stop_owner  # the Manager's stop(): only it closes us
         self._forked_error: Exception | None = None
         self._live: dict[int, int] = {}  # id(conn) -> backend pid
         # Guarded by psycopg_pool's _lock.
@@ -278,6 +299,7 @@ class SupervisedPool(ConnectionPool[Conn]):
             kwargs=self._connect_kwargs,
             configure=self._configure_connection,
             reset=options.reset,
+            check=options.check,
             timeout=options.timeout,
             max_lifetime=options.max_lifetime,
             max_idle=options.max_idle,
@@ -319,26 +341,22 @@ class SupervisedPool(ConnectionPool[Conn]):
         super()._check_open_getconn()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Close the pool. A Manager's pool is closed only by the Manager
-        (``stop()``): anywhere else, ``close()`` and the end of ``with pool:``
-        do nothing but log a warning, so application code can never leave
-        an ACTIVE manager with a closed pool."""
-        if self._sender is not None and not self._closing:
-            if not self._warned_close:
-                self._warned_close = True
-                logger.warning(
-                    "pool %r belongs to its Manager: close() ignored; call the"
-                    " Manager's stop() to close its pools",
-                    self.name,
-                )
-            return
+        """Close the pool for good, as psycopg_pool does. Only its Manager
+        closes a Manager's pool: ``close()`` or the end of ``with pool:``
+        stops the Manager (status STOPPED, readiness 503), which closes
+        both pools; a Manager never stays ACTIVE with a closed pool."""
+        if self._stop_owner is not None and not self._closing:
+            logger.info(
+                "pool %r closed by the application: stopping its Manager", self.name
+            )
+            self._stop_owner(timeout)
         super().close(timeout)
 
     def wait(self, timeout: float = 30.0) -> None:
         """Wait until the pool is full, or raise `PoolTimeout` after
         *timeout* seconds; unlike psycopg_pool's, a timeout does not close a
         Manager's pool, which its Manager goes on filling."""
-        if self._sender is None:
+        if self._stop_owner is None:
             super().wait(timeout)
             return
         self._check_open_getconn()

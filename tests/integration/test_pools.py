@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg_pool import PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout
 
 from pgsupervisor import Backoff, Manager, QueueTimeout, Status, signals
 from pgsupervisor.errors import HookError
@@ -228,9 +228,12 @@ def test_configure_hook_runs_on_each_new_connection(app_dsn: str) -> None:
     manager = Manager(app_dsn, pool={"size": 4, "configure": configure})
     with running(manager):
         manager.wait_active(timeout=10)
-        assert len(configured) == 4
+        # The application's hook: the snapshot pool's connections only.
+        assert len(configured) == manager.pool_sizes["snapshot"] == 3
         with manager.snapshot_pool.connection() as conn:
             assert conn.execute("show application_name").fetchone() == ("configured",)
+        with manager.admin_pool.connection() as conn:
+            assert conn.execute("show application_name").fetchone() != ("configured",)
 
 
 def test_connection_listeners_get_tagged_events(
@@ -414,14 +417,32 @@ _slots = iter(range(1, 10_000))
 # --- only the Manager closes its pools --------------------------------------------
 
 
-def test_closing_a_managed_pool_is_ignored(app_dsn: str, all_logs) -> None:
+@pytest.mark.parametrize("how", ["with", "close"])
+def test_closing_a_managed_pool_stops_its_manager(app_dsn: str, how: str) -> None:
+    """As with psycopg_pool the pool is closed for good, and the Manager
+    says so: never ACTIVE with a closed pool."""
     manager = Manager(app_dsn, pool={"size": 3}, backoff=FAST)
     with running(manager):
         manager.wait_active(timeout=10)
         pool = manager.snapshot_pool
-        with pool as entered:
-            assert entered is pool
-        pool.close()
+        if how == "with":
+            with pool as entered:
+                assert entered is pool
+                with pool.connection() as conn:
+                    assert conn.execute("select 42").fetchone() == (42,)
+        else:
+            pool.close()
+        assert manager.status is Status.STOPPED
+        assert pool.closed and manager.admin_pool.closed
+        with pytest.raises(PoolClosed):
+            pool.getconn(timeout=1)
+
+
+def test_a_timed_out_wait_leaves_a_managed_pool_open(app_dsn: str) -> None:
+    manager = Manager(app_dsn, pool={"size": 3}, backoff=FAST)
+    with running(manager):
+        manager.wait_active(timeout=10)
+        pool = manager.snapshot_pool
         held = pool.getconn(timeout=5)
         try:
             with pytest.raises(PoolTimeout):
@@ -429,11 +450,10 @@ def test_closing_a_managed_pool_is_ignored(app_dsn: str, all_logs) -> None:
         finally:
             pool.putconn(held)
         assert not pool.closed
+        pool.wait(timeout=5)
         with pool.connection(timeout=5) as conn:
             assert conn.execute("select 42").fetchone() == (42,)
         assert manager.status is Status.ACTIVE
-        assert "belongs to its Manager: close() ignored" in all_logs.text
-    assert pool.closed  # the Manager's stop() closes it
 
 
 # --- LISTEN on pooled connections -----------------------------------------------
