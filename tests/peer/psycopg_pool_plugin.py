@@ -67,6 +67,12 @@ _PROBE_FIRST = (
     " a quiet machine)"
 )
 
+_DISCARDED = (
+    "a connection the server closed is discarded at checkout when its close"
+    " has arrived, so the test's use of it may not fail (a race: a"
+    " pg_terminate_backend() just before)"
+)
+
 _POOL = "tests/pool/test_pool.py::"
 _COMMON = "tests/pool/test_pool_common.py::"
 
@@ -90,9 +96,11 @@ EXPECTED_FAILURES: dict[str, str] = {
     _POOL + "test_concurrent_filling": _PROBE_FIRST,
     _POOL + "test_open_wait": _PROBE_FIRST,
     _POOL + "test_open_as_wait": _PROBE_FIRST,
+    _POOL + "test_connect_no_check": _DISCARDED,
 }
-# Timing tests that pass or not with the machine's load: not strict.
+# Races and timing tests that pass or not with the machine's load.
 NOT_STRICT = {
+    _POOL + "test_connect_no_check",
     _POOL + "test_concurrent_filling",
     _POOL + "test_open_wait",
     _POOL + "test_open_as_wait",
