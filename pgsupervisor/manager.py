@@ -308,16 +308,19 @@ class Manager:
                         "a stopped Manager cannot be started again; create a new one"
                     )
                 return self
-            self._set_status(Status.STARTING, "start() called")
+            old = self._status.set(Status.STARTING, "start() called")
             self._pid = os.getpid()
             _STARTED.add(self)
             _register_exit_hook()
             for pool in self.pools:
                 pool.open()
-            self._thread = threading.Thread(
+            thread = self._thread = threading.Thread(
                 target=self._run, name=f"pgsupervisor-{self.stack_id}", daemon=True
             )
-            self._thread.start()
+        # Outside the lock: a receiver may call stop().
+        self._announce(old, Status.STARTING, "start() called")
+        if not self._stopping.is_set():
+            thread.start()
         return self
 
     def _forked_away(self) -> None:
@@ -373,9 +376,12 @@ class Manager:
                 pool.begin_close()
             self._events.put(_STOP)
             self._interrupter.interrupt()
-        if thread is not None:
-            thread.join(max(0.0, deadline - self._clock()))
-            if thread.is_alive():
+        # Never join the current thread: stop() may come from a receiver of
+        # status_changed, on the supervisor thread.
+        if thread is not None and thread.ident is not None:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - self._clock()))
+            if thread.is_alive() and thread is not threading.current_thread():
                 logger.warning(
                     "[%s] supervisor thread %r did not stop within %g s",
                     self.stack_id,
@@ -990,7 +996,9 @@ class Manager:
     def _set_status(
         self, new: Status, reason: str, error: BaseException | None = None
     ) -> None:
-        old = self._status.set(new, reason, error)
+        self._announce(self._status.set(new, reason, error), new, reason)
+
+    def _announce(self, old: Status, new: Status, reason: str) -> None:
         if old is new:
             return
         logger.info("[%s] %s -> %s: %s", self.stack_id, old.value, new.value, reason)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pgsupervisor import Manager, Status, signals
 from pgsupervisor.replication.lsn import parse_lsn
 from pgsupervisor.testing.cluster import free_port
 
@@ -200,3 +202,25 @@ def test_django_manage_py_shell_exits(cluster_app_dsn: str) -> None:
     assert status == "active"
     assert exited - float(ending) < 5, exited - float(ending)
     assert eventually(lambda: sessions(cluster_app_dsn) == [], timeout=5)
+
+
+@pytest.mark.parametrize("on", [Status.STARTING, Status.ACTIVE])
+def test_stop_from_a_status_receiver(app_dsn: str, on: Status) -> None:
+    """stop() called by a status_changed receiver (on the starting thread,
+    or on the supervisor's) returns, and every thread ends."""
+    manager = Manager(app_dsn, stack_id=f"selfstop-{on.value}", pool={"size": 2})
+    returned = threading.Event()
+
+    def receiver(sender: Any, old: Status, new: Status) -> None:
+        if new is on:
+            manager.stop(timeout=5)
+            returned.set()
+
+    signals.status_changed.connect(receiver, sender=manager, weak=False)
+    manager.start()
+    assert returned.wait(15)
+    assert manager.status is Status.STOPPED
+    assert eventually(
+        lambda: not any(manager.stack_id in t.name for t in threading.enumerate()),
+        timeout=10,
+    )
