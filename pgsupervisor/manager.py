@@ -462,7 +462,10 @@ class Manager:
                     ConnectionFailed(f"the server did not answer within {timeout:g} s"),
                     server_down=True,
                 )
-            if isinstance(event, TaskDone) and event.token == token:
+            if isinstance(event, TaskDone) and (event.kind, event.token) == (
+                "probe",
+                token,
+            ):
                 self._on_task_done(event)
                 return
             self._on_background(event)
