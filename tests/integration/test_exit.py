@@ -77,7 +77,7 @@ print(json.dumps({"delivered": max(delivered), "ending": time.time()}), flush=Tr
 
 
 def test_a_script_that_starts_a_manager_exits_and_confirms(
-    repl_db: tuple[str, str], tmp_path: Path
+    repl_db: tuple[str, str], tmp_path: Path, timings: Any
 ) -> None:
     dsn, slot = repl_db
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -93,6 +93,7 @@ def test_a_script_that_starts_a_manager_exits_and_confirms(
     exited = time.time()
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
+    timings.record("exit", "plain script: end to exit", exited - report["ending"])
     # status_interval is 60 s: only the stop at exit can have confirmed it.
     assert exited - report["ending"] < 5, exited - report["ending"]
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -118,7 +119,7 @@ def _get(port: int, path: str) -> dict[str, Any]:
     reason="gunicorn is not installed",
 )
 def test_gunicorn_workers_exit_on_sigterm_well_before_graceful_timeout(
-    repl_db: tuple[str, str], tmp_path: Path
+    repl_db: tuple[str, str], tmp_path: Path, timings: Any
 ) -> None:
     dsn, slot = repl_db
     port = free_port()
@@ -163,6 +164,7 @@ def test_gunicorn_workers_exit_on_sigterm_well_before_graceful_timeout(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    timings.record("exit", "gunicorn -w 2: SIGTERM to exit", took)
     assert proc.returncode == 0, out[-3000:]
     assert "WORKER TIMEOUT" not in out and "SIGKILL" not in out, out[-3000:]
     assert took < 10, (took, out[-3000:])
@@ -178,7 +180,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_django_manage_py_shell_exits(cluster_app_dsn: str) -> None:
+def test_django_manage_py_shell_exits(cluster_app_dsn: str, timings: Any) -> None:
     code = (
         "import time; from pgsupervisor.contrib.django import get_manager;"
         "m = get_manager(); m.wait_active(timeout=20);"
@@ -199,6 +201,7 @@ def test_django_manage_py_shell_exits(cluster_app_dsn: str) -> None:
     exited = time.time()
     assert proc.returncode == 0, proc.stderr[-3000:]
     status, ending = proc.stdout.strip().splitlines()[-1].split()
+    timings.record("exit", "manage.py shell -c: end to exit", exited - float(ending))
     assert status == "active"
     assert exited - float(ending) < 5, exited - float(ending)
     assert eventually(lambda: sessions(cluster_app_dsn) == [], timeout=5)
