@@ -480,7 +480,12 @@ def test_notify_to_listening_pooled_connections_is_no_failure(app_dsn: str) -> N
             pool.putconn(conn)
         with psycopg.connect(app_dsn, autocommit=True) as other:
             other.execute("notify news, 'hello'")
-        time.sleep(0.5)  # pings and checkouts see the readable sockets
+        # Two ping rounds see the readable sockets.
+        pinged = manager.pool_stats()["snapshot"]["pings"]
+        assert eventually(
+            lambda: manager.pool_stats()["snapshot"]["pings"] >= pinged + 12,
+            timeout=10,
+        )
         conns = [pool.getconn(timeout=5) for _ in range(6)]
         try:
             assert {c.info.backend_pid for c in conns} == pids
