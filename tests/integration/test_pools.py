@@ -540,3 +540,35 @@ def test_a_transient_error_in_the_kwargs_callable_is_retried(app_dsn: str) -> No
         manager.wait_active(timeout=10)
     errors = rec.of("connection_error")
     assert len(errors) == 2 and all(e["delay"] is not None for e in errors)
+
+
+def test_a_storm_in_one_pool_leaves_the_other_alone(
+    app_dsn: str, pg_server: Server
+) -> None:
+    """Snapshot connections killed over and over: the snapshot pool is
+    rebuilt with backoff, the admin pool keeps its connection."""
+    manager = Manager(
+        app_dsn,
+        pool={
+            "snapshot_size": 3,
+            "admin_size": 1,
+            "idle_interval": 0.05,
+            "max_restarts": 2,
+            "max_seconds": 5,
+        },
+        backoff=FAST,
+    )
+    rec = Recorder(manager)
+    with running(manager):
+        manager.wait_active(timeout=10)
+        (admin_pid,) = backend_pids(manager, "admin")
+        for _ in range(4):
+            pids = list(backend_pids(manager, "snapshot"))
+            pg_server.execute(
+                "select pg_terminate_backend(pid) from unnest(%s::int[]) pid", (pids,)
+            )
+            time.sleep(0.15)
+        rec.wait_for("connection_error", timeout=10)
+        manager.wait_active(timeout=10)
+        assert backend_pids(manager, "admin") == {admin_pid}
+        assert [e for e in rec.of("disconnected") if e["role"] == "admin"] == []
