@@ -172,6 +172,68 @@ def test_gunicorn_workers_exit_on_sigterm_well_before_graceful_timeout(
     assert sessions(dsn) == []
 
 
+@pytest.mark.skipif(
+    not Path(sys.executable).with_name("uwsgi").exists(),
+    reason="uwsgi is not installed (pip install pyuwsgi)",
+)
+def test_uwsgi_workers_stop_their_managers_on_sigterm(
+    cluster_app_dsn: str, tmp_path: Path, timings: Any
+) -> None:
+    (tmp_path / "pgs_test_logging.py").write_text(
+        "import logging\n"
+        "logging.basicConfig(level=logging.INFO, format='%(process)d %(message)s')\n"
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("uwsgi")),
+            "--http-socket",
+            f"127.0.0.1:{port}",
+            "--module",
+            "tests.integration.webapps.flaskapp:app",
+            "--master",
+            "--processes",
+            "2",
+            "--enable-threads",
+            "--die-on-term",
+            "--need-app",
+            "--import",
+            "pgs_test_logging",
+        ],
+        cwd=ROOT,
+        env={
+            **env_for(cluster_app_dsn),
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        workers: set[int] = set()
+
+        def both_workers_serve() -> bool:
+            with contextlib.suppress(OSError):
+                workers.add(_get(port, "/pid")["worker"])
+            return len(workers) == 2
+
+        assert eventually(both_workers_serve, timeout=30), workers
+        term = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - term
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    timings.record("exit", "uwsgi --processes 2: SIGTERM to exit", took)
+    assert proc.returncode == 0, out[-3000:]
+    for pid in workers:
+        assert f"{pid} [flasktest] active -> stopped: stop() called" in out, out
+    assert took < 10, (took, out[-3000:])
+    assert eventually(lambda: sessions(cluster_app_dsn) == [], timeout=5)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
