@@ -21,6 +21,7 @@ __all__ = [
     "ConnectionFailed",
     "DatabaseNotFound",
     "ForkedManager",
+    "HookError",
     "InsufficientPrivilege",
     "ManagerStopped",
     "OptionError",
@@ -68,6 +69,14 @@ class OptionError(ConfigurationError, ValueError):
     """A bad option value given to the Manager."""
 
     __module__ = "pgsupervisor"
+
+
+class HookError(ConfigurationError):
+    """A callable given as an option is broken: it raised a `TypeError` or an
+    `AttributeError`, or returned the wrong kind of value. That is a bug in
+    the calling code, which no retry fixes."""
+
+    hint = "fix the callable"
 
 
 class AuthenticationFailed(ConfigurationError):
@@ -129,6 +138,7 @@ class ConnectionFailed(PgSupervisorError):
 
 
 for _cls in (
+    HookError,
     AuthenticationFailed,
     DatabaseNotFound,
     RoleNotFound,

@@ -3,13 +3,22 @@
 The supervisor thread is the only one that changes the status after
 ``start()``. It runs the steps (probe the server, fill the pools, start the
 replication stream, watch) and waits on one queue fed by the pools, the
-stream and ``stop()``. A failure of the pools or the server is classified:
+stream, its task lanes and ``stop()``. It decides, it does not wait on the
+network: probes, ping rounds, lag and lock queries run on lanes (`tasks`)
+and come back as events. A failure of the pools or the server is classified:
 fatal → FAILED; retryable → back off, then start over. A failure of the
 stream alone restarts only the stream, with its own backoff.
+
+A started Manager never keeps the interpreter from exiting: its threads are
+daemons, and a hook that runs before Python joins the non-daemon threads
+(``threading._register_atexit``, as `concurrent.futures` uses) stops every
+started Manager, all at once, within about a second.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import queue
@@ -29,6 +38,7 @@ from .deadline import Interrupter, bounded, bounded_connection
 from .errors import (
     ConnectionFailed,
     ForkedManager,
+    HookError,
     ManagerStopped,
     OptionError,
     PgSupervisorError,
@@ -44,10 +54,11 @@ from .options import (
     coerce,
     coerce_replication,
 )
-from .pools import PoolEvent, SupervisedPool
+from .pools import PingRound, PoolEvent, SupervisedPool, ping_pools
 from .replication import slot
 from .replication.stream import Progress, ReplicationStream, StreamEvent
 from .status import Status, StatusMachine
+from .tasks import Lane, TaskDone
 from .timeline import check_store, make_store
 
 __all__ = ["Manager"]
@@ -65,7 +76,11 @@ KEEPALIVES: Final = {
 _NEVER: Final = float("inf")
 
 
+EXIT_TIMEOUT: Final = 1.0  # seconds every Manager gets to stop at exit
+
 _STARTED: weakref.WeakSet[Manager] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
 
 
 def _after_fork_in_child() -> None:
@@ -76,19 +91,67 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _stop_all_at_exit() -> None:
+    """Stop every Manager started in this process, in parallel, each within
+    `EXIT_TIMEOUT`: the stream confirms what was delivered, the sessions
+    close, and the interpreter goes on exiting."""
+    managers = [m for m in list(_STARTED) if m._pid == os.getpid()]
+    stoppers = []
+    for manager in managers:
+        thread = threading.Thread(
+            target=manager.stop,
+            kwargs={"timeout": EXIT_TIMEOUT},
+            name=f"pgsupervisor-{manager.stack_id}-exit",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # no new threads this late: stop it here
+            manager.stop(timeout=EXIT_TIMEOUT)
+            continue
+        stoppers.append(thread)
+    for thread in stoppers:
+        thread.join(EXIT_TIMEOUT + 0.5)
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    with _exit_hook_lock:
+        if _exit_hook_registered:
+            return
+        _exit_hook_registered = True
+    # Before Python joins non-daemon threads (the application's own too),
+    # which atexit hooks run after; atexit still covers embedders such as
+    # uwsgi that call atexit hooks without threading's shutdown.
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        with contextlib.suppress(RuntimeError):  # already shutting down
+            register(_stop_all_at_exit)
+    atexit.register(_stop_all_at_exit)
+
+
 class _Stopping(Exception):
     """Unwinds the supervisor loop when stop() was called."""
 
 
 class _RoleError(Exception):
     """A failure of one role's connection, on its way to classify();
-    *server_down* when the server itself did not answer."""
+    *server_down* when the server itself did not answer (every pool is
+    rebuilt), *rebuild* for one pool to rebuild alone."""
 
-    def __init__(self, role: str, error: BaseException, *, server_down: bool = False):
+    def __init__(
+        self,
+        role: str,
+        error: BaseException,
+        *,
+        server_down: bool = False,
+        rebuild: SupervisedPool | None = None,
+    ):
         super().__init__(role, error)
         self.role = role
         self.error = error
         self.server_down = server_down
+        self.rebuild = rebuild
 
 
 class Manager:
@@ -143,9 +206,14 @@ class Manager:
         )
 
         self._status = StatusMachine(clock)
-        self._events: queue.SimpleQueue[PoolEvent | StreamEvent | object] = (
+        self._events: queue.SimpleQueue[PoolEvent | StreamEvent | TaskDone | object] = (
             queue.SimpleQueue()
         )
+        # Each kind of network work on its own daemon thread (see tasks.py).
+        self._lanes = {
+            kind: Lane(f"pgsupervisor-{stack_id}-{kind}", kind, self._events.put)
+            for kind in ("probe", "ping", "lag", "lock")
+        }
         self._lifecycle = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -159,6 +227,8 @@ class Manager:
         self._up: set[str] = set()  # roles with all their connections
         self._failures: dict[str, list[float]] = {}  # role -> recent failure times
         self._server_seen_at = 0.0  # last successful probe
+        self._probing = 0  # token of the probe awaited, 0 for none
+        self._pinging = 0  # token of the ping round in flight, 0 for none
         self._stream: ReplicationStream | None = None
         self._stream_retry: Retry = self.backoff.start()
         self._stream_restart_at = _NEVER
@@ -185,6 +255,7 @@ class Manager:
             on_event=self._events.put,
             sender=self,
             redact=lambda exc: self._classify(exc, role),
+            stop_owner=self.stop,
         )
 
     @property
@@ -241,15 +312,19 @@ class Manager:
                 return self
             if self.replication is not None:
                 check_store(self.timeline_options)  # ConfigurationError, still STOPPED
-            self._set_status(Status.STARTING, "start() called")
+            old = self._status.set(Status.STARTING, "start() called")
             self._pid = os.getpid()
             _STARTED.add(self)
+            _register_exit_hook()
             for pool in self.pools:
                 pool.open()
-            self._thread = threading.Thread(
-                target=self._run, name=f"pgsupervisor-{self.stack_id}"
+            thread = self._thread = threading.Thread(
+                target=self._run, name=f"pgsupervisor-{self.stack_id}", daemon=True
             )
-            self._thread.start()
+        # Outside the lock: a receiver may call stop().
+        self._announce(old, Status.STARTING, "start() called")
+        if not self._stopping.is_set():
+            thread.start()
         return self
 
     def _forked_away(self) -> None:
@@ -305,9 +380,12 @@ class Manager:
                 pool.begin_close()
             self._events.put(_STOP)
             self._interrupter.interrupt()
-        if thread is not None:
-            thread.join(max(0.0, deadline - self._clock()))
-            if thread.is_alive():
+        # Never join the current thread: stop() may come from a receiver of
+        # status_changed, on the supervisor thread.
+        if thread is not None and thread.ident is not None:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - self._clock()))
+            if thread.is_alive() and thread is not threading.current_thread():
                 logger.warning(
                     "[%s] supervisor thread %r did not stop within %g s",
                     self.stack_id,
@@ -316,6 +394,13 @@ class Manager:
                 )
         for pool in self.pools:
             pool.close(timeout=max(0.1, deadline - self._clock()))
+        for lane in self._lanes.values():
+            if not lane.stop(max(0.0, deadline - self._clock())):
+                logger.warning(
+                    "[%s] %s is still waiting for the server; left behind (daemon)",
+                    self.stack_id,
+                    lane.name,
+                )
         if first and thread is not None:
             self._set_status(Status.STOPPED, "stop() called")
 
@@ -364,18 +449,47 @@ class Manager:
             self._stop_stream(final=True)
             if self.status is Status.FAILED:
                 for pool in self.pools:
+                    pool.begin_close()
                     pool.close(timeout=1.0)
 
     def _probe_server(self, timeout: float) -> None:
-        """One direct connection: proves the server answers and reads its
-        identity before the pools are asked to connect."""
+        """Have the probe lane prove that the server answers; wait for its
+        verdict, handling other events meanwhile (stop() included)."""
+        token = self._request_probe(timeout)
+        deadline = self._clock() + 2 * timeout + 1.0  # connect, then the query
+        while True:
+            event = self._next_event(deadline - self._clock())
+            if event is None:
+                self._probing = 0
+                raise _RoleError(
+                    "admin",
+                    ConnectionFailed(f"the server did not answer within {timeout:g} s"),
+                    server_down=True,
+                )
+            if isinstance(event, TaskDone) and (event.kind, event.token) == (
+                "probe",
+                token,
+            ):
+                self._on_task_done(event)
+                return
+            self._on_background(event)
+
+    def _request_probe(self, timeout: float) -> int:
+        """Start a probe unless one is awaited already; its token."""
+        if not self._probing:
+            self._probing = self._lanes["probe"].submit(lambda: self._probe(timeout))
+        return self._probing
+
+    def _probe(self, timeout: float) -> tuple[int, Any]:
+        """On the probe lane: one direct connection, with only the libpq
+        parameters of the user's kwargs; the server's version and identity."""
         try:
             params = {
                 "connect_timeout": max(1, round(timeout)),
                 **self.pool_options.connect_params(),
             }
             with psycopg.connect(self._dsn, autocommit=True, **params) as conn:
-                self.pg_version = conn.info.server_version
+                version = conn.info.server_version
                 try:
                     with bounded(
                         conn, timeout, "server identity query", self._interrupter
@@ -387,12 +501,19 @@ class Manager:
                         ).fetchone()
                 except psycopg.errors.InsufficientPrivilege:
                     row = None
-                if row:
-                    self.system_identifier, self.timeline_id = row
         except psycopg.Error as exc:
             down = not is_server_full(exc)
             raise _RoleError("admin", exc, server_down=down) from None
-        self._server_seen_at = self._clock()
+        return version, row
+
+    def _on_probe(self, event: TaskDone) -> None:
+        self._probing = 0
+        if event.error is not None:
+            raise event.error
+        self.pg_version, row = event.result
+        if row:
+            self.system_identifier, self.timeline_id = row
+        self._server_seen_at = event.finished
 
     def _fill_pools(self) -> None:
         """Ask both pools for their missing connections; return when all are up."""
@@ -406,8 +527,8 @@ class Manager:
                 raise ConnectionFailed(
                     f"timed out filling the pools: missing {missing}"
                 )
-            if isinstance(event, StreamEvent):
-                self._on_stream_event(event)
+            if not isinstance(event, PoolEvent):
+                self._on_background(event)
             elif event.kind == "connect_failed":
                 if event.started < self._server_seen_at:
                     event.pool.refill()  # began before the server was back
@@ -423,18 +544,17 @@ class Manager:
         self._refresh_status()
 
     def _watch(self) -> None:
-        """Run until a pool fails: ping idle connections every ``idle_interval``,
-        handle the stream's events and timers, replace lost connections while
-        the server still answers."""
+        """Run until a pool fails: start a ping round every ``idle_interval``,
+        the lag and lock queries on their timers, and react to what comes
+        back, to the stream's events and to lost connections."""
         opts = self.pool_options
         next_ping = self._clock() + opts.idle_interval
         next_lag = next_lock_check = self._clock()
         while True:
             now = self._clock()
             if now >= next_ping:
-                for pool in self.pools:
-                    pool.ping_idle(opts.idle_interval, opts.ping_timeout)
-                next_ping = self._clock() + opts.idle_interval
+                self._start_ping_round()
+                next_ping = now + opts.idle_interval
             if now >= self._stream_restart_at:
                 self._start_stream()
                 self._refresh_status()
@@ -442,21 +562,74 @@ class Manager:
             wake = min(next_ping, self._stream_restart_at)
             if replication is not None and self._lock_waiting:
                 if now >= next_lock_check:
-                    self._check_lock_holder()
+                    self._submit_idle("lock", self._query_lock_holder)
                     next_lock_check = now + replication.lock_grace / 4
                 wake = min(wake, next_lock_check)
             if replication is not None and self._stream and self._stream.streaming:
                 if now >= next_lag:
-                    self._send_lag()
+                    self._submit_idle("lag", self._query_lag)
                     next_lag = now + replication.lag_interval
                 wake = min(wake, next_lag)
             event = self._next_event(wake - self._clock())
             if event is None:
                 continue
-            if isinstance(event, StreamEvent):
-                self._on_stream_event(event)
-                continue
-            self._on_pool_event(event)
+            if isinstance(event, PoolEvent):
+                self._on_pool_event(event)
+            else:
+                self._on_background(event)
+
+    def _start_ping_round(self) -> None:
+        """Ping the idle connections of every pool in one round bounded by
+        ``ping_timeout``, on the ping lane; skipped while one still runs."""
+        if self._pinging:
+            return
+        opts = self.pool_options
+        pools = list(self.pools)
+        self._pinging = self._lanes["ping"].submit(
+            lambda: ping_pools(pools, opts.idle_interval, opts.ping_timeout)
+        )
+
+    def _submit_idle(self, kind: str, func: Callable[[], Any]) -> None:
+        """Queue *func* on its lane unless the previous one still runs: a
+        slow query delays only the next of its kind."""
+        lane = self._lanes[kind]
+        if lane.idle:
+            lane.submit(func)
+
+    def _on_background(self, event: object) -> None:
+        """The events every step handles the same way."""
+        if isinstance(event, StreamEvent):
+            self._on_stream_event(event)
+        elif isinstance(event, TaskDone):
+            self._on_task_done(event)
+
+    def _on_task_done(self, event: TaskDone) -> None:
+        if event.kind == "probe":
+            if event.token == self._probing:
+                self._on_probe(event)
+        elif event.kind == "ping":
+            if event.token == self._pinging:
+                self._pinging = 0
+                self._on_ping_round(event)
+        elif event.kind == "lag":
+            self._on_lag(event)
+        elif event.kind == "lock":
+            self._on_lock_holder(event)
+
+    def _on_ping_round(self, event: TaskDone) -> None:
+        if event.error is not None:  # a bug: say so, keep watching
+            logger.error("[%s] the ping round failed: %r", self.stack_id, event.error)
+            return
+        result: PingRound = event.result
+        if result.unanswered:
+            raise _RoleError(
+                "admin",
+                ConnectionFailed(
+                    f"the server answered none of {result.pinged} pings within"
+                    f" {result.timeout:g} s: unreachable"
+                ),
+                server_down=True,
+            )
 
     def _on_pool_event(self, event: PoolEvent) -> None:
         role = event.pool.role
@@ -468,7 +641,7 @@ class Manager:
         self._up.discard(role)
         error = event.error or ConnectionFailed(f"a {role} connection failed")
         if self._restart_storm(event):
-            raise _RoleError(role, error, server_down=True)
+            raise _RoleError(role, error, rebuild=event.pool)
         if event.kind == "connect_failed":
             raise _RoleError(role, error)
         logger.info(
@@ -478,13 +651,14 @@ class Manager:
             self._classify(error, role),
         )
         opts = self.pool_options
-        self._probe_server(min(opts.connect_timeout, opts.ping_timeout))
+        self._request_probe(min(opts.connect_timeout, opts.ping_timeout))
 
     def _restart_storm(self, event: PoolEvent) -> bool:
         """More than ``max_restarts`` losses of young connections (replacements
         that died again) within ``max_seconds``: stop replacing them one by
-        one and rebuild with backoff. Losing connections that had lived longer
-        is not churn and never counts."""
+        one and rebuild that pool with backoff (the server answering, the
+        other pool keeps its connections). Losing connections that had lived
+        longer is not churn and never counts."""
         pool = event.pool
         opts = pool.options
         if event.kind == "lost" and (
@@ -499,7 +673,7 @@ class Manager:
             return False
         logger.warning(
             "[%s] %d %s connection failures within %g s (max_restarts %d):"
-            " rebuilding the pools",
+            " rebuilding the pool",
             self.stack_id,
             len(times),
             pool.role,
@@ -515,12 +689,16 @@ class Manager:
         role = exc.role if isinstance(exc, _RoleError) else "admin"
         cause = exc.error if isinstance(exc, _RoleError) else exc
         server_down = isinstance(exc, _RoleError) and exc.server_down
+        rebuild = exc.rebuild if isinstance(exc, _RoleError) else None
         error = self._classify(cause, role)
         delay = None if is_fatal(error) else self._retry.failed(self._clock())
         attempt = self._retry.attempt or 1
         self._up.clear()
+        self._probing = self._pinging = 0
+        if delay is not None:  # out of ACTIVE first, then tear down
+            self._set_status(Status.STARTING, f"retrying in {delay:.2f} s: {error}")
         for pool in self.pools:
-            if server_down:
+            if server_down or pool is rebuild:
                 pool.invalidate(error)
         if server_down or delay is None:
             self._stop_stream(final=delay is None)
@@ -542,7 +720,6 @@ class Manager:
             attempt,
             delay,
         )
-        self._set_status(Status.STARTING, f"retrying in {delay:.2f} s: {error}")
         self._wait(delay)
         return True
 
@@ -561,7 +738,7 @@ class Manager:
             timeline_store=make_store(self.timeline_options),
             stack_id=self.stack_id,
             connect_timeout=self.pool_options.connect_timeout,
-            connect_params=self.pool_options.connect_params,
+            connect_params=self.pool_options.connect_params,  # libpq's only
             liveness=(self.pool_options.idle_interval, self.pool_options.ping_timeout),
         )
         self._stream.start()
@@ -673,65 +850,87 @@ class Manager:
         self._lock_waiting = waiting
         self._lock_suspect = None
 
-    def _check_lock_holder(self) -> None:
+    def _query_lock_holder(self) -> dict[str, Any] | None:
+        """On the lock lane: who holds the slot's lock, and is its slot active."""
+        assert self.replication is not None
+        with bounded_connection(
+            self.admin_pool,
+            self.pool_options.ping_timeout,
+            "lock holder query",
+            self._interrupter,
+        ) as admin:
+            return slot.lock_holder(admin, self.replication.slot_name)
+
+    def _on_lock_holder(self, event: TaskDone) -> None:
         """Break a lock held by a backend whose slot stays inactive past the
         grace period: its client is gone (Electric's lock breaker)."""
         opts = self.replication
         assert opts is not None
-        if opts.lock_breaker is False:
+        if event.error is not None:
+            logger.debug(
+                "[%s] lock holder check failed: %s", self.stack_id, event.error
+            )
             return
-        try:
-            with bounded_connection(
-                self.admin_pool,
-                self.pool_options.ping_timeout,
-                "lock holder query",
-                self._interrupter,
-            ) as admin:
-                holder = slot.lock_holder(admin, opts.slot_name)
-                if holder is None or holder["slot_active"]:
-                    self._lock_suspect = None
-                    return
-                now = self._clock()
-                pid = holder["pid"]
-                if self._lock_suspect is None or self._lock_suspect[0] != pid:
-                    self._lock_suspect = (pid, now)
-                    return
-                if now - self._lock_suspect[1] < opts.lock_grace:
-                    return
-                if callable(opts.lock_breaker) and not opts.lock_breaker(holder):
-                    return
-                logger.warning(
-                    "[%s] breaking the lock on slot %r held by pid %s: its slot has"
-                    " been inactive for %.1f s",
-                    self.stack_id,
-                    opts.slot_name,
-                    pid,
-                    now - self._lock_suspect[1],
-                )
-                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                self._lock_suspect = None
-        except (psycopg.Error, PoolTimeout) as exc:
-            logger.debug("[%s] lock holder check failed: %s", self.stack_id, exc)
+        holder = event.result
+        if not self._lock_waiting or opts.lock_breaker is False:
+            return
+        if holder is None or holder["slot_active"]:
+            self._lock_suspect = None
+            return
+        now = self._clock()
+        pid = holder["pid"]
+        if self._lock_suspect is None or self._lock_suspect[0] != pid:
+            self._lock_suspect = (pid, now)
+            return
+        if now - self._lock_suspect[1] < opts.lock_grace:
+            return
+        if callable(opts.lock_breaker) and not opts.lock_breaker(holder):
+            return
+        logger.warning(
+            "[%s] breaking the lock on slot %r held by pid %s: its slot has"
+            " been inactive for %.1f s",
+            self.stack_id,
+            opts.slot_name,
+            pid,
+            now - self._lock_suspect[1],
+        )
+        self._lock_suspect = None
+        self._lanes["lock"].submit(lambda: self._terminate(pid))
 
-    def _send_lag(self) -> None:
+    def _terminate(self, pid: int) -> None:
+        """On the lock lane: end the backend holding the slot's lock."""
+        with bounded_connection(
+            self.admin_pool,
+            self.pool_options.ping_timeout,
+            "lock breaker",
+            self._interrupter,
+        ) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    def _query_lag(self) -> tuple[Any, ...] | None:
+        """On the lag lane: the slot's retained WAL and confirmed-flush lag."""
         assert self.replication is not None
-        try:
-            with bounded_connection(
-                self.admin_pool,
-                self.pool_options.ping_timeout,
-                "replication lag query",
-                self._interrupter,
-            ) as admin:
-                row = admin.execute(
-                    "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint,"
-                    " (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint"
-                    " FROM pg_replication_slots WHERE slot_name = %s",
-                    (self.replication.slot_name,),
-                ).fetchone()
-        except (psycopg.Error, PoolTimeout) as exc:
-            logger.debug("[%s] replication lag query failed: %s", self.stack_id, exc)
+        with bounded_connection(
+            self.admin_pool,
+            self.pool_options.ping_timeout,
+            "replication lag query",
+            self._interrupter,
+        ) as admin:
+            return admin.execute(
+                "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint,"
+                " (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint"
+                " FROM pg_replication_slots WHERE slot_name = %s",
+                (self.replication.slot_name,),
+            ).fetchone()
+
+    def _on_lag(self, event: TaskDone) -> None:
+        if event.error is not None:
+            logger.debug(
+                "[%s] replication lag query failed: %s", self.stack_id, event.error
+            )
             return
-        if row is not None:
+        row = event.result
+        if row is not None and self._stream is not None:
             signals.send(
                 signals.replication_lag,
                 self,
@@ -767,7 +966,9 @@ class Manager:
             self._set_status(Status.STARTING, "starting the replication stream")
 
     def _fail(self, error: BaseException) -> None:
-        logger.error("[%s] %s; giving up", self.stack_id, error)
+        # A broken callable of the user's: its traceback, once.
+        shown = error if isinstance(error, HookError) else None
+        logger.error("[%s] %s; giving up", self.stack_id, error, exc_info=shown)
         self._set_status(Status.FAILED, str(error), error)
 
     def _wait(self, delay: float) -> None:
@@ -777,10 +978,9 @@ class Manager:
             event = self._next_event(deadline - self._clock())
             if event is None:
                 return
-            if isinstance(event, StreamEvent):
-                self._on_stream_event(event)
+            self._on_background(event)
 
-    def _next_event(self, timeout: float) -> PoolEvent | StreamEvent | None:
+    def _next_event(self, timeout: float) -> PoolEvent | StreamEvent | TaskDone | None:
         """The next event, None after *timeout*; raises on stop()."""
         try:
             event = self._events.get(timeout=max(0.0, min(timeout, 3600.0)))
@@ -788,7 +988,7 @@ class Manager:
             return None
         if event is _STOP or self._stopping.is_set():
             raise _Stopping
-        assert isinstance(event, PoolEvent | StreamEvent)
+        assert isinstance(event, PoolEvent | StreamEvent | TaskDone)
         return event
 
     def _classify(self, error: BaseException, role: str) -> PgSupervisorError:
@@ -803,7 +1003,9 @@ class Manager:
     def _set_status(
         self, new: Status, reason: str, error: BaseException | None = None
     ) -> None:
-        old = self._status.set(new, reason, error)
+        self._announce(self._status.set(new, reason, error), new, reason)
+
+    def _announce(self, old: Status, new: Status, reason: str) -> None:
         if old is new:
             return
         logger.info("[%s] %s -> %s: %s", self.stack_id, old.value, new.value, reason)

@@ -8,6 +8,7 @@ option, so a typo never turns into a retry loop at run time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .errors import MASK, OptionError, redact, secrets_in
+from .errors import MASK, HookError, OptionError, redact, secrets_in
 
 __all__ = [
     "ConnInfo",
@@ -141,6 +142,20 @@ def split_pool_size(size: int) -> tuple[int, int]:
 
 Listener = Any  # a callable, or an object with put() such as queue.Queue
 
+
+@functools.cache
+def _libpq_keywords() -> frozenset[str]:
+    """The connection parameters libpq knows, but ``replication``: that one
+    is the stream's to set."""
+    return frozenset(o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults()) - {
+        "replication"
+    }
+
+
+def _name(func: Any) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)
+
+
 _ROLE_ONLY = ("size", "admin_size", "snapshot_size", "admin", "snapshot")
 
 
@@ -187,6 +202,10 @@ class PoolOptions:
     """Bound on *configure*; past it the connection is discarded."""
     reset: Callable[[Any], None] | None = None
     """psycopg_pool's: run on each connection returned to the pool."""
+    check: Callable[[Any], None] | None = None
+    """psycopg_pool's: run on each connection handed out (e.g.
+    ``ConnectionPool.check_connection``); a failure discards it. Rarely
+    needed: connections the server closed are discarded at checkout anyway."""
     connection_listeners: Any = None
     """Callables or objects with ``put()`` told ``("connected", id)`` and
     ``("disconnected", id)``; ``(listeners, tag)`` adds the tag to each."""
@@ -226,7 +245,7 @@ class PoolOptions:
         _number("pool", "max_restarts", self.max_restarts, integer=True, minimum=0)
         if not isinstance(self.queue, bool):
             raise TypeError("pool option 'queue' must be a bool")
-        for name in ("configure", "reset"):
+        for name in ("configure", "reset", "check"):
             if getattr(self, name) is not None and not callable(getattr(self, name)):
                 raise TypeError(f"pool option {name!r} must be a callable")
         if self.kwargs is not None and not (
@@ -257,15 +276,45 @@ class PoolOptions:
             "snapshot": self.snapshot_size or snapshot,
         }
 
+    def connection_kwargs(self) -> dict[str, Any]:
+        """Everything *kwargs* gives for one attempt of an application
+        connection (the snapshot pool's): libpq parameters and psycopg's own
+        (``autocommit``, ``row_factory``…). A callable is called afresh; one
+        that raises `TypeError` or `AttributeError`, or returns no mapping, is
+        a bug: `HookError`. Anything else it raises (a token service timing
+        out) propagates, and is retried."""
+        if not callable(self.kwargs):
+            return dict(self.kwargs or {})
+        try:
+            extra = self.kwargs()
+        except (TypeError, AttributeError) as exc:
+            raise HookError(
+                f"pool option 'kwargs': {_name(self.kwargs)} raised"
+                f" {type(exc).__name__}: {exc} ({HookError.hint})"
+            ) from exc
+        if not isinstance(extra, Mapping):
+            raise HookError(
+                f"pool option 'kwargs': {_name(self.kwargs)} returned"
+                f" {type(extra).__name__}, not a dict ({HookError.hint})"
+            )
+        return dict(extra)
+
     def connect_params(self) -> dict[str, Any]:
-        """Parameters for one connection attempt: *kwargs*, called afresh
-        when it is a callable."""
-        extra = self.kwargs() if callable(self.kwargs) else self.kwargs
-        return dict(extra or {})
+        """Only the libpq parameters of *kwargs* (password, sslmode,
+        application_name…), for the connections the supervisor runs its own
+        queries on: the probe, the admin pool and the stream never take the
+        application's ``autocommit`` or ``row_factory``."""
+        keywords = _libpq_keywords()
+        return {k: v for k, v in self.connection_kwargs().items() if k in keywords}
 
     def for_role(self, role: str) -> PoolOptions:
-        """These options with *role*'s overrides applied."""
+        """These options with *role*'s overrides applied. The application's
+        hooks (*configure*, *reset*, *check*) are the snapshot pool's: the
+        admin pool runs the supervisor's queries and takes them only from
+        ``admin={}``."""
         overrides = dict(getattr(self, role) or {})
+        if role == "admin":
+            overrides = {"configure": None, "reset": None, "check": None, **overrides}
         return dataclasses.replace(self, **overrides, admin=None, snapshot=None)
 
     def listeners_and_tag(self) -> tuple[tuple[Listener, ...], Any]:

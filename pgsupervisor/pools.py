@@ -12,8 +12,9 @@ What changes from psycopg_pool:
   waiter that timed out leaves the queue at once;
 * at checkout, a connection whose socket is already readable (the server
   closed it or sent a FATAL) is discarded, for about a microsecond of ``poll``;
-* `ping_idle()` runs a bounded empty-query round trip on connections idle for
-  a while, which notices a server that vanished without closing sockets;
+* `ping_pools()` runs one bounded empty-query round trip on the connections
+  of every pool idle for a while, which notices a server that vanished
+  without closing sockets;
 * every connection opened or closed is announced (``connected`` /
   ``disconnected`` signals and ``connection_listeners``), every failed
   checkout too (``checkout_error``).
@@ -48,7 +49,7 @@ from .errors import ConnectionFailed, QueueTimeout
 from .options import PoolOptions
 from .queue_control import Action, QueueControl
 
-__all__ = ["PoolEvent", "SupervisedPool", "ping"]
+__all__ = ["PingRound", "PoolEvent", "SupervisedPool", "ping", "ping_pools"]
 
 logger = logging.getLogger("pgsupervisor")
 
@@ -136,21 +137,99 @@ def ping(conns: list[Conn], timeout: float) -> dict[Conn, BaseException]:
     return errors
 
 
+@dataclass(frozen=True, slots=True)
+class PingRound:
+    """The outcome of one ping round over every pool."""
+
+    pinged: int
+    failed: int
+    elapsed: float
+    timeout: float
+    error: BaseException | None = None  # one of the failures
+
+    @property
+    def unanswered(self) -> bool:
+        """Every pinged connection failed and the round ran out its timeout:
+        the server answered none of them, it is unreachable."""
+        return (
+            self.pinged > 0
+            and self.failed == self.pinged
+            and (self.elapsed >= self.timeout)
+        )
+
+
+def ping_pools(
+    pools: list[SupervisedPool], idle_for: float, timeout: float
+) -> PingRound:
+    """Ping the idle connections of every pool at once, the whole round
+    bounded by one *timeout*; replace the dead ones."""
+    taken = [(pool, pool.take_idle(idle_for)) for pool in pools]
+    conns = [conn for _, group in taken for conn in group]
+    started = monotonic()
+    errors = ping(conns, timeout) if conns else {}
+    elapsed = monotonic() - started
+    for pool, group in taken:
+        pool.put_back(group, errors)
+    return PingRound(
+        len(conns), len(errors), elapsed, timeout, next(iter(errors.values()), None)
+    )
+
+
 def _closed_by_server(conn: Conn) -> bool:
-    """True when an idle connection's socket is readable.
+    """True when the server closed an idle connection.
 
     An idle pooled connection has nothing to read unless the server closed
-    it: libpq takes a FATAL on an idle connection for a notice and sees the
-    EOF only at a later read, so readability itself is the signal. (A NOTIFY
-    on a pooled connection also counts; pooled connections are not for
-    LISTEN.)
+    it or sent something unasked: a NOTIFY to a connection that ran LISTEN,
+    a notice, a parameter change. So readability costs one ``poll`` and,
+    only when readable, a look: ``consume_input()`` never blocks, and the
+    notifications read go where psycopg puts them (its handlers and the
+    backlog ``conn.notifies()`` yields first). libpq takes a FATAL on an
+    idle connection for a notice and sees the EOF only at the next read,
+    hence the loop. Call it without the pool's lock: handlers are user code.
     """
     pgconn = conn.pgconn
-    if pgconn.status != pq.ConnStatus.OK:
-        return True
     poller = select.poll()
-    poller.register(pgconn.socket, select.POLLIN)
-    return bool(poller.poll(0))
+    for _ in range(3):
+        if pgconn.status != pq.ConnStatus.OK:
+            return True
+        poller.register(pgconn.socket, select.POLLIN)
+        if not poller.poll(0):
+            return False
+        poller.unregister(pgconn.socket)
+        try:
+            pgconn.consume_input()
+        except psycopg.Error:
+            return True
+        if _hand_over_notifies(pgconn):
+            return True  # the FATAL before the close: the EOF may lag behind
+    return pgconn.status != pq.ConnStatus.OK
+
+
+_SEVERITY = pq.DiagnosticField.SEVERITY_NONLOCALIZED
+
+
+def _hand_over_notifies(pgconn: pq.abc.PGconn) -> bool:
+    """Parse what libpq read during our own calls and give the notifications
+    to psycopg, as its generators do after each of theirs; True if the
+    server sent a FATAL error (libpq takes it for a notice when idle)."""
+    fatal = False
+    handler = pgconn.notice_handler
+
+    def on_notice(result: pq.abc.PGresult) -> None:
+        nonlocal fatal
+        if result.error_field(_SEVERITY) in (b"FATAL", b"PANIC"):
+            fatal = True
+        elif handler is not None:
+            handler(result)
+
+    pgconn.notice_handler = on_notice
+    try:
+        while (notify := pgconn.notifies()) is not None:
+            if pgconn.notify_handler:
+                pgconn.notify_handler(notify)
+    finally:
+        pgconn.notice_handler = handler
+    return fatal
 
 
 def _drop_message(name: str, waited: float) -> str:
@@ -189,6 +268,7 @@ class SupervisedPool(ConnectionPool[Conn]):
         on_event: Callable[[PoolEvent], None],
         sender: Any = None,
         redact: Callable[[BaseException], BaseException] = lambda exc: exc,
+        stop_owner: Callable[[float], None] | None = None,
     ):
         self.role = role
         self.options = options
@@ -203,6 +283,7 @@ class SupervisedPool(ConnectionPool[Conn]):
         self._owed = 0  # AddConnection tasks queued or running
         self._failed = 0  # slots whose attempt failed, until refill()
         self._closing = False
+        self._stop_owner = stop_owner  # the Manager's stop(): only it closes us
         self._forked_error: Exception | None = None
         self._live: dict[int, int] = {}  # id(conn) -> backend pid
         # Guarded by psycopg_pool's _lock.
@@ -218,6 +299,7 @@ class SupervisedPool(ConnectionPool[Conn]):
             kwargs=self._connect_kwargs,
             configure=self._configure_connection,
             reset=options.reset,
+            check=options.check,
             timeout=options.timeout,
             max_lifetime=options.max_lifetime,
             max_idle=options.max_idle,
@@ -258,6 +340,41 @@ class SupervisedPool(ConnectionPool[Conn]):
             raise self._forked_error
         super()._check_open_getconn()
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool for good, as psycopg_pool does. Only its Manager
+        closes a Manager's pool: ``close()`` or the end of ``with pool:``
+        stops the Manager (status STOPPED, readiness 503), which closes
+        both pools; a Manager never stays ACTIVE with a closed pool."""
+        if self._stop_owner is not None and not self._closing:
+            logger.info(
+                "pool %r closed by the application: stopping its Manager", self.name
+            )
+            self._stop_owner(timeout)
+        super().close(timeout)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Wait until the pool is full, or raise `PoolTimeout` after
+        *timeout* seconds; unlike psycopg_pool's, a timeout does not close a
+        Manager's pool, which its Manager goes on filling."""
+        if self._stop_owner is None:
+            super().wait(timeout)
+            return
+        self._check_open_getconn()
+        with self._lock:
+            if len(self._pool) >= self._min_size:
+                return
+            if self._pool_full_event is None:
+                self._pool_full_event = threading.Event()
+            event = self._pool_full_event
+        full = event.wait(timeout)
+        with self._lock:
+            if self._pool_full_event is event:
+                self._pool_full_event = None
+        if not full:
+            raise PoolTimeout(
+                f"pool {self.name!r} initialization incomplete after {timeout} sec"
+            )
+
     def begin_close(self) -> None:
         """Open no more connections: the pool is about to close, and a
         connection attempt against a dead server would hold close() up."""
@@ -277,11 +394,14 @@ class SupervisedPool(ConnectionPool[Conn]):
             self._forget(conn, error)
             self._close_connection(conn)
 
-    def ping_idle(self, idle_for: float, timeout: float) -> None:
-        """Ping the connections idle for *idle_for* seconds or more (at most
-        ``idle_limit``, the longest idle first); replace the dead ones."""
+    def take_idle(self, idle_for: float) -> list[Conn]:
+        """Take out of the pool, to be pinged, the connections idle for
+        *idle_for* seconds or more (at most ``idle_limit``, the longest idle
+        first); hand them back with `put_back()`."""
         now = monotonic()
         with self._lock:
+            if self._closed:
+                return []
             stale = sorted(
                 (c for c in self._pool if now - getattr(c, _IDLE_SINCE) >= idle_for),
                 key=lambda c: float(getattr(c, _IDLE_SINCE)),
@@ -289,11 +409,15 @@ class SupervisedPool(ConnectionPool[Conn]):
             for conn in stale:
                 self._pool.remove(conn)
             self._stats[PINGS] += len(stale)
-        errors = ping(stale, timeout)
-        for conn in stale:
+        return stale
+
+    def put_back(self, conns: list[Conn], errors: dict[Conn, BaseException]) -> None:
+        """Pool the pinged connections again; replace those in *errors*."""
+        for conn in conns:
             if conn in errors:
                 self._discard(conn, errors[conn])
             else:
+                _hand_over_notifies(conn.pgconn)
                 self._add_to_pool(conn)
 
     def queue_state(self) -> dict[str, Any]:
@@ -334,19 +458,23 @@ class SupervisedPool(ConnectionPool[Conn]):
         signals.send(signals.checkout_error, self._sender, role=self.role, error=error)
 
     def _getconn_unchecked(self, timeout: float) -> Conn:
-        with self._lock:
-            conn = self._get_ready_connection(timeout)
-            if conn is None:
-                if not self.options.queue:
-                    self._stats[self._REQUESTS_ERRORS] += 1
-                    raise QueueTimeout(
-                        f"connection not available in pool {self.name!r} and queuing"
-                        " is disabled (queue=False)"
-                    )
-                pos = _Waiter(monotonic())
-                self._waiting.append(pos)
-                self._stats[self._REQUESTS_QUEUED] += 1
-                self._maybe_grow_pool()
+        while True:
+            with self._lock:
+                conn = self._get_ready_connection(timeout)
+                if conn is None:
+                    if not self.options.queue:
+                        self._stats[self._REQUESTS_ERRORS] += 1
+                        raise QueueTimeout(
+                            f"connection not available in pool {self.name!r} and"
+                            " queuing is disabled (queue=False)"
+                        )
+                    pos = _Waiter(monotonic())
+                    self._waiting.append(pos)
+                    self._stats[self._REQUESTS_QUEUED] += 1
+                    self._maybe_grow_pool()
+            if conn is None or not _closed_by_server(conn):
+                break
+            self.run_task(_Discard(self, conn))  # and try the next one
         if conn is None:
             try:
                 conn = pos.wait(timeout=timeout)
@@ -362,14 +490,6 @@ class SupervisedPool(ConnectionPool[Conn]):
                     1000.0 * (monotonic() - pos.sent)
                 )
         conn._pool = self
-        return conn
-
-    def _get_ready_connection(self, timeout: float | None) -> Conn | None:
-        conn = super()._get_ready_connection(timeout)
-        while conn is not None and _closed_by_server(conn):
-            # Called under self._lock: close and replace outside it.
-            self.run_task(_Discard(self, conn))
-            conn = self._pool.popleft() if self._pool else None
         return conn
 
     def _add_to_pool(self, conn: Conn) -> None:
@@ -425,10 +545,17 @@ class SupervisedPool(ConnectionPool[Conn]):
     # --- connections: hooks, announcements ----------------------------------------
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        """Per attempt: the connect timeout and the user's parameters."""
+        """Per attempt: the connect timeout and the user's parameters; the
+        admin pool, whose queries are the supervisor's, takes only their
+        libpq part."""
+        params = (
+            self.options.connect_params()
+            if self.role == "admin"
+            else self.options.connection_kwargs()
+        )
         return {
             "connect_timeout": max(1, round(self.options.connect_timeout)),
-            **self.options.connect_params(),
+            **params,
         }
 
     def _configure_connection(self, conn: Conn) -> None:

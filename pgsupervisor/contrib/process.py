@@ -3,13 +3,14 @@
 WSGI servers fork workers (gunicorn, uwsgi), some after importing the
 application (``--preload``). Threads and connections do not survive fork(),
 so a web app must own one Manager per process, started in that process:
-`ProcessManager` creates it on first use, starts it, stops it at exit, and
-builds a fresh one when it finds itself in a forked child.
+`ProcessManager` creates it on first use, starts it, and builds a fresh one
+when it finds itself in a forked child. At exit (the end of ``manage.py
+shell``, SIGTERM to a gunicorn worker) the Manager stops itself, before
+Python joins the threads: nothing to register here.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 from collections.abc import Callable
@@ -41,7 +42,6 @@ class ProcessManager:
             if start and not self._started:
                 manager.start()
                 self._started = True
-                atexit.register(self.stop)
             return manager
 
     @property
