@@ -46,7 +46,12 @@ from .options import (
 )
 from .pools import PoolEvent, SupervisedPool
 from .replication import slot
-from .replication.stream import Progress, ReplicationStream, StreamEvent
+from .replication.stream import (
+    Progress,
+    ReplicationStream,
+    StreamEvent,
+    release_delivery_thread,
+)
 from .status import Status, StatusMachine
 from .timeline import make_store
 
@@ -291,6 +296,7 @@ class Manager:
         thread; idempotent."""
         if self._forked_error is not None:
             return  # nothing of ours runs here; the sockets are the parent's
+        release_delivery_thread()  # a transaction receiver calls stop()
         deadline = self._clock() + timeout
         with self._lifecycle:
             first = not self._stopping.is_set()
@@ -301,7 +307,7 @@ class Manager:
                 pool.begin_close()
             self._events.put(_STOP)
             self._interrupter.interrupt()
-        if thread is not None:
+        if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - self._clock()))
             if thread.is_alive():
                 logger.warning(

@@ -1,0 +1,97 @@
+"""Commit -> receiver latency of the stream at a steady rate.
+
+A writer commits one-row transactions at --rate per second on a throw-away
+server with synchronous_commit = on; a `transaction` receiver notes when each
+arrives. Latency is from just before the INSERT (autocommit) is sent to the
+receiver's call. Prints p50, p99 and max per run, then the medians.
+
+    python scripts/delivery_latency.py --rate 2000 --seconds 5 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from pgsupervisor import Manager, signals
+from pgsupervisor.testing.cluster import Cluster
+
+
+def run_once(dsn: str, slot: str, rate: float, seconds: float, tmp: str) -> list[float]:
+    sent: dict[int, float] = {}
+    latencies: list[float] = []
+    total = int(rate * seconds)
+    done = threading.Event()
+    manager = Manager(
+        dsn,
+        stack_id=slot,
+        pool={"size": 2},
+        replication={"slot_name": slot, "tables": ["public.lat"]},
+        timeline={"directory": tmp},
+    )
+
+    def receiver(sender: Manager, transaction: Any) -> None:
+        now = time.perf_counter()
+        for change in transaction.changes:
+            latencies.append(now - sent[change.new["id"]])
+        if len(latencies) >= total:
+            done.set()
+
+    signals.transaction.connect(receiver, sender=manager)
+    with manager, psycopg.connect(dsn, autocommit=True) as conn:
+        manager.wait_active(timeout=30)
+        conn.execute("SET synchronous_commit = on")
+        start = time.perf_counter()
+        for i in range(total):
+            due = start + i / rate
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            sent[i] = time.perf_counter()
+            conn.execute("INSERT INTO lat VALUES (%s)", (i,))
+        if not done.wait(60):
+            raise RuntimeError(f"got {len(latencies)} of {total} transactions")
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    p50s, p99s = [], []
+    with Cluster() as cluster, tempfile.TemporaryDirectory() as tmp:
+        dsn = cluster.dsn()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE lat (id int PRIMARY KEY)")
+        for run in range(args.runs):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("TRUNCATE lat")
+            lat = sorted(run_once(dsn, f"lat{run}", args.rate, args.seconds, tmp))
+            p50 = lat[len(lat) // 2] * 1000
+            p99 = lat[int(len(lat) * 0.99)] * 1000
+            p50s.append(p50)
+            p99s.append(p99)
+            print(
+                f"run {run + 1}: {len(lat)} tx at {args.rate:g}/s:"
+                f" p50 {p50:.2f} ms  p99 {p99:.2f} ms  max {lat[-1] * 1000:.2f} ms",
+                flush=True,
+            )
+            cluster.execute("SELECT pg_drop_replication_slot(%s)", (f"lat{run}",))
+    print(
+        f"median of {args.runs} runs: p50 {statistics.median(p50s):.2f} ms"
+        f" (spread {min(p50s):.2f}-{max(p50s):.2f}),"
+        f" p99 {statistics.median(p99s):.2f} ms"
+        f" (spread {min(p99s):.2f}-{max(p99s):.2f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
