@@ -183,7 +183,9 @@ def our_threads(manager: Manager) -> list[str]:
     ]
 
 
-def test_stop_from_a_transaction_receiver(repl_db, tmp_path, pg_server) -> None:
+def test_stop_from_a_transaction_receiver(
+    repl_db, tmp_path, pg_server, timings
+) -> None:
     dsn, slot = repl_db
     execute(dsn, TABLE)
     manager = make_manager(dsn, slot, tmp_path)
@@ -204,6 +206,7 @@ def test_stop_from_a_transaction_receiver(repl_db, tmp_path, pg_server) -> None:
     manager.wait_active(timeout=15)
     insert_each(dsn, range(1, 4))
     assert eventually(lambda: bool(took), timeout=10)
+    timings.record("stop()", "from a transaction receiver", took[0])
     assert took[0] < 1.0, f"stop() from a receiver took {took[0]:.2f} s"
     assert manager.status is Status.STOPPED
     # The delivery thread ends as soon as the receiver returned; nothing else runs.
@@ -229,7 +232,7 @@ def test_stop_from_a_transaction_receiver(repl_db, tmp_path, pg_server) -> None:
     assert resumed.accepted == [1, 2, 3]
 
 
-def test_stop_from_a_status_changed_receiver(repl_db, tmp_path) -> None:
+def test_stop_from_a_status_changed_receiver(repl_db, tmp_path, timings) -> None:
     dsn, slot = repl_db
     manager = make_manager(dsn, slot, tmp_path)
     took: list[float] = []
@@ -243,6 +246,7 @@ def test_stop_from_a_status_changed_receiver(repl_db, tmp_path) -> None:
     signals.status_changed.connect(on_status, sender=manager, weak=False)
     manager.start()
     assert eventually(lambda: bool(took), timeout=15)
+    timings.record("stop()", "from a status_changed receiver", took[0])
     assert took[0] < 1.0, f"stop() from status_changed took {took[0]:.2f} s"
     assert eventually(lambda: our_threads(manager) == [], timeout=2), our_threads(
         manager
@@ -250,7 +254,9 @@ def test_stop_from_a_status_changed_receiver(repl_db, tmp_path) -> None:
     assert manager.status is Status.STOPPED
 
 
-def test_stop_during_a_redelivery_backoff(repl_db, tmp_path, pg_server) -> None:
+def test_stop_during_a_redelivery_backoff(
+    repl_db, tmp_path, pg_server, timings
+) -> None:
     dsn, slot = repl_db
     execute(dsn, TABLE)
     manager = make_manager(dsn, slot, tmp_path)
@@ -275,6 +281,7 @@ def test_stop_during_a_redelivery_backoff(repl_db, tmp_path, pg_server) -> None:
         started = time.monotonic()
         manager.stop()
         took = time.monotonic() - started
+    timings.record("stop()", "during a redelivery backoff", took)
     assert took < 1.0, (
         f"stop() during a {errors[-1]['delay']:.2f} s backoff took {took:.2f} s"
     )
