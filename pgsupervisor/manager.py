@@ -296,7 +296,7 @@ class Manager:
         thread; idempotent."""
         if self._forked_error is not None:
             return  # nothing of ours runs here; the sockets are the parent's
-        release_delivery_thread()  # a transaction receiver calls stop()
+        release_delivery_thread(self)  # a transaction receiver calls stop()
         deadline = self._clock() + timeout
         with self._lifecycle:
             first = not self._stopping.is_set()

@@ -78,13 +78,13 @@ _COPY_END_TIMEOUT = 1.0
 _delivering = threading.local()  # .stream: the stream this delivery thread serves
 
 
-def release_delivery_thread() -> None:
-    """For ``Manager.stop()``: when called on a stream's delivery thread (a
-    ``transaction`` receiver stops the manager), let that stream stop
-    without waiting for this thread, which ends as soon as the receiver
-    returns. Anywhere else, nothing happens."""
+def release_delivery_thread(sender: Any) -> None:
+    """For ``Manager.stop()``: when called on the delivery thread of
+    *sender*'s stream (a ``transaction`` receiver stops its manager), let
+    that stream stop without waiting for this thread, which ends as soon as
+    the receiver returns. Anywhere else, nothing happens."""
     stream: ReplicationStream | None = getattr(_delivering, "stream", None)
-    if stream is not None:
+    if stream is not None and stream.sender is sender:
         stream._release_delivery()
 
 
@@ -104,11 +104,14 @@ class StreamEvent:
 
 class Progress:
     """What outlives one stream: the end LSN of the last transaction every
-    receiver returned for (so nothing is delivered twice), and whether the
-    slot has been streamed from (so a vanished slot counts as lost)."""
+    receiver returned for, and the receivers that already returned for the
+    next one (so nothing is delivered twice to a receiver, across restarts
+    too), and whether the slot has been streamed from (so a vanished slot
+    counts as lost)."""
 
     def __init__(self) -> None:
         self.delivered_lsn = 0
+        self.partial: tuple[int, list[Callable[..., Any]]] = (0, [])
         self.slot_seen = False
         self.slot_unusable = False  # cannot decode on: recreate it
 
@@ -774,6 +777,12 @@ class ReplicationStream:
         raised again, after a backoff, until all returned. False when stopped
         first (from a receiver: at once when it returns)."""
         pending = list(signals.transaction.receivers_for(self.sender))
+        lsn, returned = self._progress.partial
+        if lsn == tx.end_lsn:  # a restart came between two attempts
+            pending = [r for r in pending if not any(r is d for d in returned)]
+        else:
+            returned = []
+            self._progress.partial = (tx.end_lsn, returned)
         retry = None
         while True:
             failed: list[tuple[Callable[..., Any], Exception]] = []
@@ -782,9 +791,12 @@ class ReplicationStream:
                     receiver(self.sender, transaction=tx)
                 except Exception as exc:
                     failed.append((receiver, exc))
+                else:
+                    returned.append(receiver)
                 if self._delivery_released:
                     return False
             if not failed:
+                self._progress.partial = (0, [])
                 return True
             retry = retry or REDELIVERY.start()
             delay = retry.failed(monotonic())

@@ -292,3 +292,57 @@ def test_stop_during_a_redelivery_backoff(
     with again:
         assert eventually(lambda: resumed.count() == 1, timeout=15)
     assert resumed.accepted == [1]
+
+
+def test_a_reconnect_during_redelivery_repeats_nothing_to_receivers_that_returned(
+    repl_db, tmp_path, pg_server
+) -> None:
+    dsn, slot = repl_db
+    execute(dsn, TABLE)
+    manager = make_manager(dsn, slot, tmp_path)
+    rec = Recorder(manager)
+    release = threading.Event()
+    steady = Ids(manager)
+    stubborn = Ids(manager, lambda ids, attempt: not release.is_set())
+    attempts: list[int] = []
+    signals.delivery_error.connect(
+        lambda sender, **kw: attempts.append(kw["attempt"]), sender=manager, weak=False
+    )
+    with manager:
+        manager.wait_active(timeout=15)
+        insert_each(dsn, range(1, 3))
+        assert eventually(lambda: len(attempts) >= 2, timeout=10)
+        pg_server.execute(
+            "select pg_terminate_backend(active_pid) from pg_replication_slots"
+            " where slot_name = %s",
+            (slot,),
+        )
+        assert eventually(lambda: len(replication_pids(rec)) == 2, timeout=15)
+        release.set()
+        assert eventually(lambda: stubborn.count() == 2, timeout=15)
+    assert steady.accepted == stubborn.accepted == [1, 2]
+    assert steady.calls == 2  # not called again for 1 after the reconnect
+
+
+def test_a_receiver_stopping_another_manager_keeps_its_own_delivery(
+    repl_db, tmp_path
+) -> None:
+    dsn, slot = repl_db
+    execute(dsn, TABLE)
+    manager = make_manager(dsn, slot, tmp_path)
+    other = Manager(dsn, stack_id="other", pool={"size": 2})
+    steady = Ids(manager)
+
+    def stop_other(sender: Any, transaction: Any) -> None:
+        other.stop()
+
+    signals.transaction.connect(stop_other, sender=manager, weak=False)
+    other.start()
+    with manager:
+        manager.wait_active(timeout=15)
+        other.wait_active(timeout=15)
+        insert_each(dsn, range(1, 4))
+        assert eventually(lambda: steady.count() == 3, timeout=10)
+        assert other.status is Status.STOPPED
+        assert manager.status is Status.ACTIVE
+    assert steady.accepted == [1, 2, 3]
