@@ -120,6 +120,12 @@ def _pg_now() -> int:
     return int((datetime.now(timezone.utc) - PG_EPOCH).total_seconds() * 1e6)
 
 
+def _resume_at(pause_at: int) -> int:
+    """Reading paused at *pause_at* pending resumes below this: in bursts
+    of half the window, not one transaction per wake-up."""
+    return max(1, pause_at // 2)
+
+
 def _weight(tx: Transaction) -> int:
     """What a pending transaction counts against ``max_pending_changes``."""
     return len(tx.changes) + 1
@@ -533,10 +539,12 @@ class ReplicationStream:
         last_received = monotonic()
         probed = False
         pause_at = opts.max_pending_changes
+        paused = False
         while True:
             if self._stopping.is_set():
                 raise _Stop
-            paused = self._handed - self._delivered >= pause_at
+            pending = self._handed - self._delivered
+            paused = pending >= (_resume_at(pause_at) if paused else pause_at)
             now = monotonic()
             deadline = next_status
             if not paused:
@@ -743,7 +751,7 @@ class ReplicationStream:
         """Deliver what was handed over, in order, one transaction at a time;
         acknowledge each once every receiver returned for it."""
         _delivering.stream = self
-        pause_at = self.options.max_pending_changes
+        resume_at = _resume_at(self.options.max_pending_changes)
         taken: collections.deque[Transaction] = collections.deque()
         try:
             while True:
@@ -758,13 +766,13 @@ class ReplicationStream:
                 if not self._deliver_one(tx):
                     return
                 with self._cond:
-                    was_paused = self._handed - self._delivered >= pause_at
+                    before = self._handed - self._delivered
                     self._delivered += _weight(tx)
                     self._acked_lsn = tx.end_lsn
                     self._progress.delivered_lsn = max(
                         self._progress.delivered_lsn, tx.end_lsn
                     )
-                    resume = was_paused and self._handed - self._delivered < pause_at
+                    resume = before >= resume_at > self._handed - self._delivered
                 if resume:
                     self._wake()
         finally:
