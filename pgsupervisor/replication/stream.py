@@ -588,10 +588,9 @@ class ReplicationStream:
         last message and may close the socket much later."""
         assert self._conn is not None
         pgconn = self._conn.pgconn
-        fd = pgconn.socket
 
         def wait(remaining: float) -> None:
-            self._wait(fd, select.POLLIN, remaining)
+            self._wait(pgconn.socket, select.POLLIN, remaining)
             if self._stopping.is_set():
                 raise _Stop
 
