@@ -72,6 +72,10 @@ _STATUS = struct.Struct(">cQQQqB")
 # hammered; jittered, so processes sharing a failing dependency spread out.
 REDELIVERY = Backoff("rand_exp", min=0.1, max=5.0)
 
+# A long read burst (catching up) is handed over in parts of about this many
+# changes, so the first transactions of the burst are not kept waiting.
+_BATCH_WEIGHT = 1024
+
 # How long the last messages of a server that ended the stream may take.
 _COPY_END_TIMEOUT = 1.0
 
@@ -555,8 +559,7 @@ class ReplicationStream:
                 last_received = monotonic()  # not reading is our choice
             else:
                 pgconn.consume_input()
-                room = pause_at - (self._handed - self._delivered)
-                while self._batch_weight < room:
+                while self._handed - self._delivered + self._batch_weight < pause_at:
                     nbytes, data = pgconn.get_copy_data(1)
                     if nbytes == 0:
                         break
@@ -566,6 +569,8 @@ class ReplicationStream:
                     last_received = monotonic()
                     probed = False
                     self._handle(bytes(data))
+                    if self._batch_weight >= _BATCH_WEIGHT:
+                        self._hand_off()
                 self._hand_off()
             now = monotonic()
             silent = now - last_received

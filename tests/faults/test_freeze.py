@@ -232,7 +232,15 @@ def heal(fault: str, cluster: Cluster, relay: Relay) -> None:
         cluster.start()
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+CASES = [
+    pytest.param(fault, streaming, id=f"{fault}{'' if streaming else ', pools alone'}")
+    for streaming in (True, False)
+    for fault in FAULTS
+    if streaming or fault != "walsender kill"
+]
+
+
+@pytest.mark.parametrize(("fault", "streaming"), CASES)
 def test_no_thread_stalls_while_the_server_goes_away(
     pg_cluster: Cluster,
     app: str,
@@ -242,6 +250,7 @@ def test_no_thread_stalls_while_the_server_goes_away(
     capsys: pytest.CaptureFixture[str],
     request: pytest.FixtureRequest,
     fault: str,
+    streaming: bool,
 ) -> None:
     kind = request.node.callspec.params["relay"]
     relay.delay_close(CLOSE_DELAY)
@@ -250,13 +259,16 @@ def test_no_thread_stalls_while_the_server_goes_away(
         stack_id="freeze",
         pool={"size": 3, "idle_interval": 0.5, "ping_timeout": 1.0},
         backoff=FAST,
-        replication={"slot_name": "freeze", "tables": ["public.items"]},
+        replication={"slot_name": "freeze", "tables": ["public.items"]}
+        if streaming
+        else None,
         timeline={"directory": str(tmp_path)},
     )
     got = Collector(manager)
     rec = Recorder(manager)
     trickle = Trickle(app)
     heartbeat, control = Heartbeat(), ControlHeartbeat()
+    case = f"freeze {fault} ({kind}{'' if streaming else ', pools alone'})"
     # A process frozen for good runs no Python: only faulthandler's own
     # thread can still end it, with every thread's stack (on the real
     # stderr, not pytest's capture, which dies with the process).
@@ -267,21 +279,22 @@ def test_no_thread_stalls_while_the_server_goes_away(
     try:
         manager.wait_active(timeout=20)
         trickle.start()
-        got.wait_for(lambda c: len(c.transactions) >= 20)
+        if streaming:
+            got.wait_for(lambda c: len(c.transactions) >= 20)
         heartbeat.start()
         inject(fault, pg_cluster, relay)
-        rec.wait_for("disconnected", role="replication", timeout=WATCH + 10)
+        rec.wait_for("disconnected", timeout=WATCH + 10)
         time.sleep(WATCH)  # the held close arrives in here
         ours, machine = heartbeat.stop(), control.stop()
         stall = unexplained(ours, machine)
-        case = f"freeze {fault} ({kind})"
         longest = max((e - s - TICK for s, e in ours), default=0.0)
         timings.record(case, "longest stall", longest)
         timings.record(case, "stall not seen by another process", stall)
         heal(fault, pg_cluster, relay)
         manager.wait_active(timeout=30)
-        delivered = len(got.transactions)
-        got.wait_for(lambda c: len(c.transactions) > delivered + 5)
+        if streaming:
+            delivered = len(got.transactions)
+            got.wait_for(lambda c: len(c.transactions) > delivered + 5)
     finally:
         trickle.stopping.set()
         heartbeat.stop()
@@ -289,7 +302,7 @@ def test_no_thread_stalls_while_the_server_goes_away(
         relay.pass_traffic()
         if not pg_cluster.running:
             pg_cluster.start()
-        stop_cleanly(manager, pg_cluster, timings, f"freeze {fault} ({kind})")
+        stop_cleanly(manager, pg_cluster, timings, case)
         trickle.join(5)
         faulthandler.cancel_dump_traceback_later()
         stderr.close()
