@@ -1,9 +1,10 @@
 """Commit -> receiver latency of the stream at a steady rate.
 
-A writer commits one-row transactions at --rate per second on a throw-away
-server with synchronous_commit = on; a `transaction` receiver notes when each
-arrives. Latency is from just before the INSERT (autocommit) is sent to the
-receiver's call. Prints p50, p99 and max per run, then the medians.
+A writer process commits one-row transactions at --rate per second on a
+throw-away server with synchronous_commit = on; a `transaction` receiver in
+this process notes when each arrives. Latency is from just before the INSERT
+(autocommit) is sent to the receiver's call, on the monotonic clock both
+processes share. Prints p50, p99 and max per run, then the medians.
 
     python scripts/delivery_latency.py --rate 2000 --seconds 5 --runs 3
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -22,42 +25,55 @@ import psycopg
 from pgsupervisor import Manager, signals
 from pgsupervisor.testing.cluster import Cluster
 
+WRITER = """
+import sys, time, psycopg
+dsn, rate, total = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+sent = []
+with psycopg.connect(dsn, autocommit=True) as conn:
+    conn.execute("SET synchronous_commit = on")
+    start = time.monotonic()
+    for i in range(total):
+        pause = start + i / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        sent.append(time.monotonic())
+        conn.execute("INSERT INTO lat VALUES (%s)", (i,))
+print("\\n".join(map(repr, sent)))
+"""
+
 
 def run_once(dsn: str, slot: str, rate: float, seconds: float, tmp: str) -> list[float]:
-    sent: dict[int, float] = {}
-    latencies: list[float] = []
+    received: dict[int, float] = {}
     total = int(rate * seconds)
     done = threading.Event()
     manager = Manager(
         dsn,
         stack_id=slot,
         pool={"size": 2},
-        replication={"slot_name": slot, "tables": ["public.lat"]},
+        replication={"slot_name": slot, "tables": ["public.lat"], "temporary": True},
         timeline={"directory": tmp},
     )
 
     def receiver(sender: Manager, transaction: Any) -> None:
-        now = time.perf_counter()
+        now = time.monotonic()
         for change in transaction.changes:
-            latencies.append(now - sent[change.new["id"]])
-        if len(latencies) >= total:
+            received[change.new["id"]] = now
+        if len(received) >= total:
             done.set()
 
     signals.transaction.connect(receiver, sender=manager)
-    with manager, psycopg.connect(dsn, autocommit=True) as conn:
+    with manager:
         manager.wait_active(timeout=30)
-        conn.execute("SET synchronous_commit = on")
-        start = time.perf_counter()
-        for i in range(total):
-            due = start + i / rate
-            pause = due - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            sent[i] = time.perf_counter()
-            conn.execute("INSERT INTO lat VALUES (%s)", (i,))
+        writer = subprocess.run(
+            [sys.executable, "-c", WRITER, dsn, str(rate), str(total)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         if not done.wait(60):
-            raise RuntimeError(f"got {len(latencies)} of {total} transactions")
-    return latencies
+            raise RuntimeError(f"got {len(received)} of {total} transactions")
+    sent = [float(line) for line in writer.stdout.split()]
+    return [received[i] - t for i, t in enumerate(sent)]
 
 
 def main() -> None:
@@ -84,7 +100,6 @@ def main() -> None:
                 f" p50 {p50:.2f} ms  p99 {p99:.2f} ms  max {lat[-1] * 1000:.2f} ms",
                 flush=True,
             )
-            cluster.execute("SELECT pg_drop_replication_slot(%s)", (f"lat{run}",))
     print(
         f"median of {args.runs} runs: p50 {statistics.median(p50s):.2f} ms"
         f" (spread {min(p50s):.2f}-{max(p50s):.2f}),"
