@@ -274,7 +274,6 @@ def test_no_thread_stalls_while_the_server_goes_away(
     # stderr, not pytest's capture, which dies with the process).
     with capsys.disabled():
         stderr = os.fdopen(os.dup(2), "w")
-    faulthandler.dump_traceback_later(120, exit=True, file=stderr)
     manager.start()
     try:
         manager.wait_active(timeout=20)
@@ -282,10 +281,12 @@ def test_no_thread_stalls_while_the_server_goes_away(
         if streaming:
             got.wait_for(lambda c: len(c.transactions) >= 20)
         heartbeat.start()
+        faulthandler.dump_traceback_later(60, exit=True, file=stderr)
         inject(fault, pg_cluster, relay)
         rec.wait_for("disconnected", timeout=WATCH + 10)
         time.sleep(WATCH)  # the held close arrives in here
         ours, machine = heartbeat.stop(), control.stop()
+        faulthandler.cancel_dump_traceback_later()
         stall = unexplained(ours, machine)
         longest = max((e - s - TICK for s, e in ours), default=0.0)
         timings.record(case, "longest stall", longest)
