@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import psycopg
 import pytest
 
 import pgsupervisor
@@ -188,25 +187,33 @@ def unexplained(ours: list[Stall], machine: list[Stall]) -> float:
     return worst
 
 
-class Trickle(threading.Thread):
+_TRICKLE = """
+import sys, time, psycopg
+next_id = 1
+while True:
+    try:
+        with psycopg.connect(sys.argv[1], autocommit=True, connect_timeout=2) as c:
+            while True:
+                time.sleep(0.01)
+                c.execute("insert into items values (%s, 't')", (next_id,))
+                next_id += 1
+    except psycopg.Error:
+        next_id += 1
+        time.sleep(0.01)
+"""
+
+
+class Trickle:
     """One insert every 10 ms straight to the server (not through the relay),
-    so the stream is reading when the fault hits."""
+    so the stream is reading when the fault hits; from another process, so
+    that only the manager's threads share this interpreter."""
 
     def __init__(self, dsn: str) -> None:
-        super().__init__(name="trickle", daemon=True)
-        self.dsn = dsn
-        self.stopping = threading.Event()
+        self._proc = subprocess.Popen([sys.executable, "-c", _TRICKLE, dsn])
 
-    def run(self) -> None:
-        next_id = 1
-        while not self.stopping.wait(0.01):
-            try:
-                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=2) as c:
-                    while not self.stopping.wait(0.01):
-                        c.execute("insert into items values (%s, 't')", (next_id,))
-                        next_id += 1
-            except psycopg.Error:
-                next_id += 1
+    def stop(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
 
 
 def inject(fault: str, cluster: Cluster, relay: Relay) -> None:
@@ -266,7 +273,7 @@ def test_no_thread_stalls_while_the_server_goes_away(
     )
     got = Collector(manager)
     rec = Recorder(manager)
-    trickle = Trickle(app)
+    trickle = Trickle(app)  # before the manager: the slot starts after it
     heartbeat, control = Heartbeat(), ControlHeartbeat()
     case = f"freeze {fault} ({kind}{'' if streaming else ', pools alone'})"
     # A process frozen for good runs no Python: only faulthandler's own
@@ -277,7 +284,6 @@ def test_no_thread_stalls_while_the_server_goes_away(
     manager.start()
     try:
         manager.wait_active(timeout=20)
-        trickle.start()
         if streaming:
             got.wait_for(lambda c: len(c.transactions) >= 20)
         heartbeat.start()
@@ -297,14 +303,13 @@ def test_no_thread_stalls_while_the_server_goes_away(
             delivered = len(got.transactions)
             got.wait_for(lambda c: len(c.transactions) > delivered + 5)
     finally:
-        trickle.stopping.set()
+        trickle.stop()
         heartbeat.stop()
         control.stop()
         relay.pass_traffic()
         if not pg_cluster.running:
             pg_cluster.start()
         stop_cleanly(manager, pg_cluster, timings, case)
-        trickle.join(5)
         faulthandler.cancel_dump_traceback_later()
         stderr.close()
     assert stall < MAX_GAP, (
