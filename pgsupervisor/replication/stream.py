@@ -588,9 +588,9 @@ class ReplicationStream:
     def _raise_copy_end(self) -> None:
         """The server ended COPY: raise its error, or say it ended cleanly.
 
-        What follows the end (an error, ``COPY 0``) is read as it arrives,
-        for a second at most: after a fast shutdown the server sends its
-        last message and may close the socket much later."""
+        What follows the end (an error or ``COPY 0``) is read as it arrives,
+        for a second at most, and nothing after it: after a fast shutdown the
+        server sends ``COPY 0`` and may close the socket much later."""
         assert self._conn is not None
         pgconn = self._conn.pgconn
 
@@ -605,6 +605,8 @@ class ReplicationStream:
                 if result.status == pq.ExecStatus.FATAL_ERROR:
                     error = psycopg.errors.error_from_result(result)
                     break
+                if result.status == pq.ExecStatus.COMMAND_OK:
+                    break  # "COPY 0": ended without an error (a fast shutdown)
         if error is None:
             raise ConnectionFailed("the server ended the replication stream")
         if _is_publication_gap(error):
