@@ -1,9 +1,15 @@
-"""A client-side deadline for one blocking psycopg call.
+"""Deadlines for talking to a server that may never answer.
 
 psycopg has no per-call timeout: against a server that vanished without
 closing the socket, ``execute()`` waits as long as TCP does. `bounded()`
 shuts the connection's socket down if the call overruns, which makes libpq's
 wait fail at once; the connection is then broken and gets discarded.
+
+Code that drives libpq itself (``pgconn``) must never let libpq wait: in
+psycopg's binary build ``get_result()`` on a busy connection waits inside
+libpq with the GIL held, and every thread of the process stops until the
+server answers or closes. `results()` takes the results only when libpq has
+them in hand and waits on the socket, in Python, in between.
 """
 
 from __future__ import annotations
@@ -12,13 +18,15 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from time import monotonic
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-__all__ = ["Interrupter", "bounded", "bounded_connection", "shutdown"]
+__all__ = ["Interrupter", "bounded", "bounded_connection", "results", "shutdown"]
 
 
 def shutdown(conn: psycopg.Connection[Any]) -> None:
@@ -112,3 +120,38 @@ def bounded_connection(
             yield conn
     finally:
         pool.putconn(conn)
+
+
+def results(
+    pgconn: pq.abc.PGconn,
+    wait: Callable[[float], object],
+    timeout: float | None = None,
+    what: str = "the command",
+) -> Iterator[pq.abc.PGresult]:
+    """Each result of the command in flight on *pgconn*, until libpq has no
+    more, without ever letting libpq wait.
+
+    ``get_result()`` is called only when ``consume_input()`` and
+    ``is_busy()`` say it returns at once; otherwise ``wait(seconds)`` waits
+    for the socket (and for whatever else should interrupt the caller). A
+    broken connection's error comes as a result, as libpq reports it. Past
+    *timeout* seconds, `psycopg.OperationalError` names *what*. The caller
+    stops at a COPY result: libpq repeats it while the copy lasts.
+    """
+    deadline = None if timeout is None else monotonic() + timeout
+    while True:
+        if pgconn.is_busy():
+            with contextlib.suppress(psycopg.OperationalError):
+                pgconn.consume_input()  # a failure leaves an error result
+        if pgconn.is_busy():
+            remaining = 3600.0 if deadline is None else deadline - monotonic()
+            if remaining <= 0:
+                raise psycopg.OperationalError(
+                    f"{what}: no answer from the server within {timeout:g} s"
+                )
+            wait(remaining)
+            continue
+        result = pgconn.get_result()
+        if result is None:
+            return
+        yield result

@@ -56,7 +56,12 @@ from .options import (
 )
 from .pools import PingRound, PoolEvent, SupervisedPool, ping_pools
 from .replication import slot
-from .replication.stream import Progress, ReplicationStream, StreamEvent
+from .replication.stream import (
+    Progress,
+    ReplicationStream,
+    StreamEvent,
+    release_delivery_thread,
+)
 from .status import Status, StatusMachine
 from .tasks import Lane, TaskDone
 from .timeline import check_store, make_store
@@ -370,6 +375,7 @@ class Manager:
         thread; idempotent."""
         if self._forked_error is not None:
             return  # nothing of ours runs here; the sockets are the parent's
+        release_delivery_thread(self)  # a transaction receiver calls stop()
         deadline = self._clock() + timeout
         with self._lifecycle:
             first = not self._stopping.is_set()
@@ -382,10 +388,9 @@ class Manager:
             self._interrupter.interrupt()
         # Never join the current thread: stop() may come from a receiver of
         # status_changed, on the supervisor thread.
-        if thread is not None and thread.ident is not None:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - self._clock()))
-            if thread.is_alive() and thread is not threading.current_thread():
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - self._clock()))
+            if thread.is_alive():
                 logger.warning(
                     "[%s] supervisor thread %r did not stop within %g s",
                     self.stack_id,

@@ -79,13 +79,23 @@ class PoolEvent:
     age: float | None = None  # how long a lost connection had lived
 
 
-def _finish(pgconn: pq.abc.PGconn) -> None:
-    error: str | None = None
-    while (result := pgconn.get_result()) is not None:
+def _finish(pgconn: pq.abc.PGconn) -> bool:
+    """Take the ping's results libpq has in hand; True once the last is in,
+    False while more must be read. ``get_result()`` runs only when
+    ``is_busy()`` says it will not wait: it would wait holding the GIL (a
+    server that sent a FATAL and closes late froze every thread)."""
+    while not pgconn.is_busy():
+        result = pgconn.get_result()
+        if result is None:
+            if pgconn.status != pq.ConnStatus.OK:
+                raise psycopg.OperationalError("the connection is closed")
+            return True
         if result.status == pq.ExecStatus.FATAL_ERROR:
-            error = (result.error_message or b"").decode("utf-8", "replace").strip()
-    if error is not None or pgconn.status != pq.ConnStatus.OK:
-        raise psycopg.OperationalError(error or "the connection is closed")
+            message = (result.error_message or b"").decode("utf-8", "replace")
+            raise psycopg.OperationalError(
+                message.strip() or "the connection is closed"
+            )
+    return False
 
 
 def ping(conns: list[Conn], timeout: float) -> dict[Conn, BaseException]:
@@ -127,9 +137,8 @@ def ping(conns: list[Conn], timeout: float) -> dict[Conn, BaseException]:
                     continue
                 poller.modify(fd, select.POLLIN)
                 pgconn.consume_input()
-                if pgconn.is_busy():
+                if not _finish(pgconn):
                     continue
-                _finish(pgconn)
             except psycopg.Error as exc:
                 errors[pending[fd]] = exc
             poller.unregister(fd)

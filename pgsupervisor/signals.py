@@ -4,8 +4,8 @@ The sender is always the `Manager`; connect with ``@signals.NAME.connect_via(man
 to hear one manager, or ``@signals.NAME.connect`` to hear them all. Signals are sent
 outside every lock, from the thread named below. A receiver that raises is
 logged with the signal's name and otherwise ignored, except for ``transaction``
-(a raising receiver stops the stream, which restarts and delivers the
-transaction again).
+(a raising receiver gets the same transaction again after a backoff, see
+``delivery_error``; the stream and the status are not affected).
 
 ``status_changed(old, new)``
     The status moved from *old* to *new* (both `Status`). Supervisor thread,
@@ -28,7 +28,9 @@ transaction again).
 ``lock_waiting(slot_name)`` / ``lock_acquired(slot_name)``
     Another process holds the slot's exclusive lock / we now hold it.
 ``transaction(transaction)``
-    A committed `Transaction`, in commit order, from the stream thread.
+    A committed `Transaction`, in commit order, from the stream's delivery
+    thread. The flush position confirmed to the server passes it only once
+    every receiver returned.
 ``timeline_changed(previous, current)``
     The (system_identifier, timeline_id) pair differs from the stored one.
 ``replication_lag(retained_wal_bytes, confirmed_flush_lag_bytes)``
@@ -43,8 +45,9 @@ transaction again).
     A non-transactional ``pg_logical_emit_message`` (*content* is bytes).
     Transactional messages arrive in ``Transaction.messages`` instead.
 ``delivery_error(receiver, error, attempt, delay)``
-    A ``transaction`` receiver raised; it gets the same transaction again
-    after *delay* seconds (*attempt* counts from 1), without reconnecting.
+    A ``transaction`` receiver raised; it alone gets the same transaction
+    again after *delay* seconds (*attempt* counts from 1, per transaction),
+    without reconnecting; later transactions wait. From the delivery thread.
 
 Shape signals (sender: the `Shape`):
 

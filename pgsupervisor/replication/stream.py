@@ -3,16 +3,21 @@
 It runs Electric's start-up order (server checks → exclusive lock →
 publication → slot → timeline check → START_REPLICATION), then reads the COPY
 BOTH stream through libpq's non-blocking calls: ``poll`` on the socket,
-``consume_input()``, ``get_copy_data(1)`` until it returns 0. The blocking
-``get_copy_data(0)`` is never used (the binary build holds the GIL in it).
+``consume_input()``, ``get_copy_data(1)`` until it returns 0. No libpq call
+here ever waits for the server: the binary build holds the GIL while it
+waits, which stops every thread of the process (`deadline.results`).
 
 Committed transactions go to a second thread, the delivery thread, which
-calls the ``transaction`` receivers. Keeping receivers off the socket thread
-lets status updates go out every ``status_interval`` while a receiver
-works through a long transaction, so the walsender never times out. The
-flush position confirmed to the server only passes a transaction once every
-receiver returned for it. When ``max_pending_changes`` are waiting, reading
-pauses (TCP pushes back on the server) instead of buffering the slot in RAM.
+calls the ``transaction`` receivers. Each read burst hands over every
+transaction it decoded at once (one lock, one wake-up). Keeping receivers off
+the socket thread lets status updates go out every ``status_interval`` while
+a receiver works through a long transaction, so the walsender never times
+out. The flush position confirmed to the server only passes a transaction
+once every receiver returned for it. A receiver that raises gets the same
+transaction again after a short backoff, alone, while later transactions
+wait: the connection and the manager's status are not the receiver's
+business. When ``max_pending_changes`` are waiting, reading pauses (TCP
+pushes back on the server) instead of buffering the slot in RAM.
 
 Every failure is posted to the supervisor as an event; this module never
 touches the manager's status.
@@ -38,7 +43,8 @@ from psycopg import pq, sql
 from psycopg_pool import ConnectionPool
 
 from .. import signals
-from ..deadline import Interrupter, bounded, bounded_connection, shutdown
+from ..backoff import Backoff
+from ..deadline import Interrupter, bounded, bounded_connection, results, shutdown
 from ..errors import ConnectionFailed
 from ..options import ReplicationOptions
 from ..timeline import TimelineStore, check_timeline
@@ -46,7 +52,7 @@ from . import slot
 from .lsn import format_lsn
 from .pgoutput import PG_EPOCH, Assembler, Transaction
 
-__all__ = ["Progress", "ReplicationStream", "StreamEvent"]
+__all__ = ["Progress", "ReplicationStream", "StreamEvent", "release_delivery_thread"]
 
 
 def _is_publication_gap(error: BaseException) -> bool:
@@ -60,6 +66,30 @@ logger = logging.getLogger("pgsupervisor")
 _XLOGDATA = struct.Struct(">QQq")
 _KEEPALIVE = struct.Struct(">QqB")
 _STATUS = struct.Struct(">cQQQqB")
+
+# Between deliveries of a transaction to a receiver that raised: short, so a
+# passing hiccup costs little; capped, so a receiver that keeps failing is not
+# hammered; jittered, so processes sharing a failing dependency spread out.
+REDELIVERY = Backoff("rand_exp", min=0.1, max=5.0)
+
+# A long read burst (catching up) is handed over in parts of about this many
+# changes, so the first transactions of the burst are not kept waiting.
+_BATCH_WEIGHT = 1024
+
+# How long the last messages of a server that ended the stream may take.
+_COPY_END_TIMEOUT = 1.0
+
+_delivering = threading.local()  # .stream: the stream this delivery thread serves
+
+
+def release_delivery_thread(sender: Any) -> None:
+    """For ``Manager.stop()``: when called on the delivery thread of
+    *sender*'s stream (a ``transaction`` receiver stops its manager), let
+    that stream stop without waiting for this thread, which ends as soon as
+    the receiver returns. Anywhere else, nothing happens."""
+    stream: ReplicationStream | None = getattr(_delivering, "stream", None)
+    if stream is not None and stream.sender is sender:
+        stream._release_delivery()
 
 
 class _Stop(Exception):
@@ -78,17 +108,31 @@ class StreamEvent:
 
 class Progress:
     """What outlives one stream: the end LSN of the last transaction every
-    receiver returned for (so nothing is delivered twice), and whether the
-    slot has been streamed from (so a vanished slot counts as lost)."""
+    receiver returned for, and the receivers that already returned for the
+    next one (so nothing is delivered twice to a receiver, across restarts
+    too), and whether the slot has been streamed from (so a vanished slot
+    counts as lost)."""
 
     def __init__(self) -> None:
         self.delivered_lsn = 0
+        self.partial: tuple[int, list[Callable[..., Any]]] = (0, [])
         self.slot_seen = False
         self.slot_unusable = False  # cannot decode on: recreate it
 
 
 def _pg_now() -> int:
     return int((datetime.now(timezone.utc) - PG_EPOCH).total_seconds() * 1e6)
+
+
+def _resume_at(pause_at: int) -> int:
+    """Reading paused at *pause_at* pending resumes below this: in bursts
+    of half the window, not one transaction per wake-up."""
+    return max(1, pause_at // 2)
+
+
+def _weight(tx: Transaction) -> int:
+    """What a pending transaction counts against ``max_pending_changes``."""
+    return len(tx.changes) + 1
 
 
 class ReplicationStream:
@@ -121,6 +165,7 @@ class ReplicationStream:
         self._connect_timeout = connect_timeout
         self._connect_params = connect_params
         self._liveness = liveness  # (probe after silence, answer within)
+        self._receive_timeout = options.receive_timeout or sum(liveness)
         self.backend_pid = 0
         self._stopping = threading.Event()
         self._interrupter = Interrupter()  # stop() breaks blocking admin queries
@@ -135,23 +180,31 @@ class ReplicationStream:
         self._drop_publication = False
         self.dropped = False  # the slot and publication asked for are gone
 
-        # Shared with the delivery thread, guarded by _cond.
-        self._cond = threading.Condition()
+        # Shared with the delivery thread, guarded by _cond: the transactions
+        # handed over and not yet taken, the weight handed over and the weight
+        # delivered (their difference is what is pending), the acknowledged
+        # LSN, and whether the delivery thread ended or may not be waited for.
+        self._cond = threading.Condition(threading.Lock())
         self._queue: collections.deque[Transaction] = collections.deque()
-        self._pending_changes = 0
+        self._handed = 0
+        self._delivered = 0
         self._acked_lsn = progress.delivered_lsn
-        self._delivery_error: BaseException | None = None
+        self._delivery_ended = False
+        self._delivery_released = False
 
-        # Stream thread only.
+        # Stream thread only: what this read burst decoded, not handed over yet.
+        self._batch: list[Transaction] = []
+        self._batch_weight = 0
+        self._skipped_lsn = 0  # delivered before a restart: acknowledge only
         self._received_lsn = 0
         self._server_wal_end = 0
         self._reply_requested = False
 
         self._thread = threading.Thread(
-            target=self._run, name=f"pgsupervisor-{stack_id}-stream"
+            target=self._run, name=f"pgsupervisor-{stack_id}-stream", daemon=True
         )
         self._delivery = threading.Thread(
-            target=self._deliver, name=f"pgsupervisor-{stack_id}-delivery"
+            target=self._deliver, name=f"pgsupervisor-{stack_id}-delivery", daemon=True
         )
 
     # --- control ----------------------------------------------------------------
@@ -168,7 +221,9 @@ class ReplicationStream:
     ) -> bool:
         """Ask both threads to end and join them; False if one is still alive.
         With *drop_slot* (and *drop_publication*), they are dropped on the
-        stream's own connection once streaming has ended, Electric's order."""
+        stream's own connection once streaming has ended, Electric's order.
+        A delivery thread released by `release_delivery_thread` is not
+        waited for."""
         self._drop_slot = drop_slot
         self._drop_publication = drop_publication
         self._stopping.set()
@@ -181,15 +236,31 @@ class ReplicationStream:
             self._thread.join(min(0.5, timeout / 2))
             if self._thread.is_alive() and self._conn is not None:
                 shutdown(self._conn)  # stuck in a call the server never answers
-        for thread in (self._thread, self._delivery):
-            if thread.ident is not None:
-                thread.join(max(0.0, deadline - monotonic()))
-        alive = [t.name for t in (self._thread, self._delivery) if t.is_alive()]
+            self._thread.join(max(0.0, deadline - monotonic()))
+        delivery_done = self._await_delivery(max(0.0, deadline - monotonic()))
+        alive = [self._thread.name] if self._thread.is_alive() else []
+        if not delivery_done:
+            alive.append(self._delivery.name)
         if alive:
             logger.warning(
                 "[%s] %s did not stop within %g s", self.stack_id, alive, timeout
             )
         return not alive
+
+    def _release_delivery(self) -> None:
+        with self._cond:
+            self._delivery_released = True
+            self._cond.notify_all()
+
+    def _await_delivery(self, timeout: float | None = None) -> bool:
+        """Wait until the delivery thread ended, was never started, or was
+        released; False after *timeout*."""
+        if self._delivery.ident is None:
+            return True
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._delivery_ended or self._delivery_released, timeout
+            )
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -225,8 +296,7 @@ class ReplicationStream:
             self._stopping.set()
             with self._cond:
                 self._cond.notify_all()
-            if self._delivery.ident is not None:
-                self._delivery.join()
+            self._await_delivery()
             if self._conn is not None:
                 self._conn.close()
             self._wake_r.close()
@@ -416,6 +486,20 @@ class ReplicationStream:
         except (BlockingIOError, OSError):
             pass
 
+    def _flush(self, timeout: float, what: str) -> None:
+        """Send what libpq has queued, waiting for the socket at most
+        *timeout* seconds in all."""
+        assert self._conn is not None
+        pgconn = self._conn.pgconn
+        deadline = monotonic() + timeout
+        while pgconn.flush():
+            if monotonic() >= deadline:
+                raise ConnectionFailed(
+                    f"could not send {what} within {timeout:g} s: the server"
+                    " does not read"
+                )
+            self._wait(pgconn.socket, select.POLLOUT, deadline - monotonic())
+
     def _query(
         self,
         text: str,
@@ -424,31 +508,35 @@ class ReplicationStream:
         slow_after: float | None = None,
         on_slow: Callable[[], None] | None = None,
         interruptible: bool = True,
+        timeout: float | None = None,
     ) -> None:
-        """Run one simple-protocol command without blocking the thread:
-        stop() cancels it on the server and unwinds."""
+        """Run one simple-protocol command without blocking the thread (or
+        the process): stop() cancels it on the server and unwinds. Only an
+        uninterruptible command has a *timeout*."""
         assert self._conn is not None
-        pgconn = self._conn.pgconn
+        conn = self._conn
+        pgconn = conn.pgconn
         pgconn.send_query(text.encode())
         fd = pgconn.socket
-        while pgconn.flush():
-            self._wait(fd, select.POLLOUT, 1.0)
+        self._flush(timeout or self._connect_timeout, "a command")
         slow_at = monotonic() + slow_after if slow_after else None
         cancelled = False
-        while True:
-            pgconn.consume_input()
-            if not pgconn.is_busy():
-                break
+
+        def wait(remaining: float) -> None:
+            nonlocal slow_at, cancelled
             if interruptible and self._stopping.is_set() and not cancelled:
-                self._conn.cancel_safe(timeout=2.0)
+                conn.cancel_safe(timeout=2.0)
                 cancelled = True
-            timeout = 1.0 if slow_at is None else min(1.0, slow_at - monotonic())
-            self._wait(fd, select.POLLIN, timeout)
+            pause = min(1.0, remaining)
+            if slow_at is not None:
+                pause = min(pause, slow_at - monotonic())
+            self._wait(fd, select.POLLIN, pause)
             if slow_at is not None and monotonic() >= slow_at and on_slow:
                 slow_at = None
                 on_slow()
+
         error: psycopg.Error | None = None
-        while (result := pgconn.get_result()) is not None:
+        for result in results(pgconn, wait, timeout, text.split(None, 1)[0]):
             if result.status == pq.ExecStatus.FATAL_ERROR:
                 error = psycopg.errors.error_from_result(result)
             elif result.status == pq.ExecStatus.COPY_BOTH and copy:
@@ -459,7 +547,7 @@ class ReplicationStream:
             raise error
 
     def _stream(self) -> None:
-        """Read, decode and acknowledge until stopped or broken.
+        """Read, decode, hand over and acknowledge until stopped or broken.
 
         Liveness: after ``probe_after`` seconds of silence a status update
         goes out asking the server to answer at once; silence past
@@ -474,19 +562,18 @@ class ReplicationStream:
         interval = opts.status_interval
         if sender_timeout > 0:
             interval = min(interval, sender_timeout / 2)
-        probe_after, ping_timeout = self._liveness
-        receive_timeout = opts.receive_timeout or probe_after + ping_timeout
-        probe_after = min(probe_after, receive_timeout / 2)
+        receive_timeout = self._receive_timeout
+        probe_after = min(self._liveness[0], receive_timeout / 2)
         next_status = monotonic() + interval
         last_received = monotonic()
         probed = False
         pause_at = opts.max_pending_changes
+        paused = False
         while True:
             if self._stopping.is_set():
                 raise _Stop
-            if self._delivery_error is not None:
-                raise self._delivery_error
-            paused = self._pending_changes >= pause_at
+            pending = self._handed - self._delivered
+            paused = pending >= (_resume_at(pause_at) if paused else pause_at)
             now = monotonic()
             deadline = next_status
             if not paused:
@@ -497,15 +584,19 @@ class ReplicationStream:
                 last_received = monotonic()  # not reading is our choice
             else:
                 pgconn.consume_input()
-                while self._pending_changes < pause_at:
+                while self._handed - self._delivered + self._batch_weight < pause_at:
                     nbytes, data = pgconn.get_copy_data(1)
                     if nbytes == 0:
                         break
                     if nbytes == -1:
+                        self._hand_off()
                         self._raise_copy_end()
                     last_received = monotonic()
                     probed = False
                     self._handle(bytes(data))
+                    if self._batch_weight >= _BATCH_WEIGHT:
+                        self._hand_off()
+                self._hand_off()
             now = monotonic()
             silent = now - last_received
             if silent > receive_timeout:
@@ -520,16 +611,32 @@ class ReplicationStream:
                 next_status = now + interval
 
     def _raise_copy_end(self) -> None:
-        """The server ended COPY: raise its error, or say it ended cleanly."""
+        """The server ended COPY: raise its error, or say it ended cleanly.
+
+        What follows the end (an error or ``COPY 0``) is read as it arrives,
+        for a second at most, and nothing after it: after a fast shutdown the
+        server sends ``COPY 0`` and may close the socket much later."""
         assert self._conn is not None
         pgconn = self._conn.pgconn
-        while (result := pgconn.get_result()) is not None:
-            if result.status == pq.ExecStatus.FATAL_ERROR:
-                error = psycopg.errors.error_from_result(result)
-                if _is_publication_gap(error):
-                    raise self._publication_gap(error)
-                raise error
-        raise ConnectionFailed("the server ended the replication stream")
+
+        def wait(remaining: float) -> None:
+            self._wait(pgconn.socket, select.POLLIN, remaining)
+            if self._stopping.is_set():
+                raise _Stop
+
+        error: psycopg.Error | None = None
+        with contextlib.suppress(psycopg.OperationalError):  # no more in time
+            for result in results(pgconn, wait, _COPY_END_TIMEOUT, "end of COPY"):
+                if result.status == pq.ExecStatus.FATAL_ERROR:
+                    error = psycopg.errors.error_from_result(result)
+                    break
+                if result.status == pq.ExecStatus.COMMAND_OK:
+                    break  # "COPY 0": ended without an error (a fast shutdown)
+        if error is None:
+            raise ConnectionFailed("the server ended the replication stream")
+        if _is_publication_gap(error):
+            raise self._publication_gap(error)
+        raise error
 
     def _publication_gap(self, error: psycopg.Error) -> Exception:
         """Changes committed while the publication was missing cannot be
@@ -568,30 +675,46 @@ class ReplicationStream:
                 self._reply_requested = True
 
     def _enqueue(self, tx: Transaction) -> None:
+        """Keep *tx* for the hand-off at the end of this read burst."""
+        if tx.end_lsn <= self._progress.delivered_lsn:
+            # Delivered before a restart: acknowledge, do not repeat.
+            self._skipped_lsn = max(self._skipped_lsn, tx.end_lsn)
+            return
+        self._batch.append(tx)
+        self._batch_weight += _weight(tx)
+
+    def _hand_off(self) -> None:
+        """Give the delivery thread every transaction of this read burst, in
+        one go."""
+        if not self._batch and not self._skipped_lsn:
+            return
         with self._cond:
-            if tx.end_lsn <= self._progress.delivered_lsn:
-                # Delivered before a restart: acknowledge, do not repeat.
-                self._acked_lsn = max(self._acked_lsn, tx.end_lsn)
-                return
-            self._queue.append(tx)
-            self._pending_changes += len(tx.changes) + 1
-            self._cond.notify_all()
+            self._acked_lsn = max(self._acked_lsn, self._skipped_lsn)
+            if self._batch:
+                self._queue.extend(self._batch)
+                self._handed += self._batch_weight
+                self._cond.notify()
+        self._batch = []
+        self._batch_weight = 0
+        self._skipped_lsn = 0
 
     def _send_status(self, *, ask_reply: bool = False) -> None:
         assert self._conn is not None
         pgconn = self._conn.pgconn
         with self._cond:
             flush = self._acked_lsn
-            idle = not self._queue and not self._assembler.in_progress
-        if idle:
+            idle = self._handed == self._delivered
+        if idle and not self._batch and not self._assembler.in_progress:
             # Nothing pending: let an idle slot release WAL up to the server's end.
             flush = max(flush, self._server_wal_end, self._received_lsn)
         write = max(flush, self._received_lsn)
         message = _STATUS.pack(b"r", write, flush, flush, _pg_now(), int(ask_reply))
+        deadline = monotonic() + self._receive_timeout
         while pgconn.put_copy_data(message) == 0:
-            self._wait(pgconn.socket, select.POLLOUT, 1.0)
-        while pgconn.flush():
-            self._wait(pgconn.socket, select.POLLOUT, 1.0)
+            if monotonic() >= deadline:
+                raise ConnectionFailed("the server does not read status updates")
+            self._wait(pgconn.socket, select.POLLOUT, deadline - monotonic())
+        self._flush(self._receive_timeout, "a status update")
         self._reply_requested = False
 
     def _finish(self) -> None:
@@ -599,8 +722,7 @@ class ReplicationStream:
         the slot if asked."""
         with self._cond:
             self._cond.notify_all()
-        if self._delivery.ident is not None:
-            self._delivery.join()
+        self._await_delivery()
         conn = self._conn
         if conn is None or conn.closed:
             return
@@ -627,67 +749,125 @@ class ReplicationStream:
                     )
                 for what, command, name in drops:
                     query = sql.SQL(command).format(sql.Identifier(name))
-                    self._query(query.as_string(conn), interruptible=False)
+                    self._query(
+                        query.as_string(conn),
+                        interruptible=False,
+                        timeout=self._connect_timeout,
+                    )
                     logger.info("[%s] dropped %s %r", self.stack_id, what, name)
                 self.dropped = True
-        except (psycopg.Error, _Stop) as exc:
+        except (psycopg.Error, ConnectionFailed, _Stop) as exc:
             logger.warning("[%s] while stopping the stream: %s", self.stack_id, exc)
 
     def _end_copy(self) -> None:
         """Leave COPY BOTH cleanly so the connection takes commands again."""
         assert self._conn is not None
         pgconn = self._conn.pgconn
-        pgconn.put_copy_end()
-        while pgconn.flush():
-            self._wait(pgconn.socket, select.POLLOUT, 1.0)
-        deadline = monotonic() + 5.0
+        fd = pgconn.socket
+        timeout = self._connect_timeout
+        deadline = monotonic() + timeout
+        while pgconn.put_copy_end() == 0:
+            if monotonic() >= deadline:
+                raise ConnectionFailed("could not end COPY: the server does not read")
+            self._wait(fd, select.POLLOUT, deadline - monotonic())
+        self._flush(timeout, "the end of COPY")
         while monotonic() < deadline:
             pgconn.consume_input()
             nbytes, _ = pgconn.get_copy_data(1)
             if nbytes == -1:
                 break
             if nbytes == 0:
-                self._wait(pgconn.socket, select.POLLIN, 0.5)
-        while True:
-            pgconn.consume_input()
-            if pgconn.is_busy():
-                self._wait(pgconn.socket, select.POLLIN, 0.5)
-                continue
-            if pgconn.get_result() is None:
-                break
+                self._wait(fd, select.POLLIN, deadline - monotonic())
+        remaining = max(0.0, deadline - monotonic())
+        for _ in results(
+            pgconn, lambda t: self._wait(fd, select.POLLIN, t), remaining, "end of COPY"
+        ):
+            pass
 
     # --- the delivery thread ------------------------------------------------------
 
     def _deliver(self) -> None:
-        signal = signals.transaction
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping.is_set():
-                    self._cond.wait()
+        """Deliver what was handed over, in order, one transaction at a time;
+        acknowledge each once every receiver returned for it."""
+        _delivering.stream = self
+        resume_at = _resume_at(self.options.max_pending_changes)
+        taken: collections.deque[Transaction] = collections.deque()
+        try:
+            while True:
+                if not taken:
+                    with self._cond:
+                        while not self._queue and not self._stopping.is_set():
+                            self._cond.wait()
+                        taken, self._queue = self._queue, taken
                 if self._stopping.is_set():
                     return
-                tx = self._queue[0]
-            try:
-                for receiver in list(signal.receivers_for(self.sender)):
-                    receiver(self.sender, transaction=tx)
-            except Exception as exc:
-                logger.exception(
-                    "[%s] a transaction receiver raised on %r; the stream restarts"
-                    " and delivers it again",
-                    self.stack_id,
-                    tx,
-                )
+                tx = taken.popleft()
+                if not self._deliver_one(tx):
+                    return
                 with self._cond:
-                    self._delivery_error = exc
-                self._wake()
-                return
+                    before = self._handed - self._delivered
+                    self._delivered += _weight(tx)
+                    self._acked_lsn = tx.end_lsn
+                    self._progress.delivered_lsn = max(
+                        self._progress.delivered_lsn, tx.end_lsn
+                    )
+                    resume = before >= resume_at > self._handed - self._delivered
+                if resume:
+                    self._wake()
+        finally:
             with self._cond:
-                self._queue.popleft()
-                self._pending_changes -= len(tx.changes) + 1
-                self._acked_lsn = tx.end_lsn
-                self._progress.delivered_lsn = max(
-                    self._progress.delivered_lsn, tx.end_lsn
+                self._delivery_ended = True
+                self._cond.notify_all()
+
+    def _deliver_one(self, tx: Transaction) -> bool:
+        """Call every ``transaction`` receiver with *tx*; call those that
+        raised again, after a backoff, until all returned. False when stopped
+        first (from a receiver: at once when it returns)."""
+        pending = list(signals.transaction.receivers_for(self.sender))
+        lsn, returned = self._progress.partial
+        if lsn == tx.end_lsn:  # a restart came between two attempts
+            pending = [r for r in pending if not any(r is d for d in returned)]
+        else:
+            returned = []
+            self._progress.partial = (tx.end_lsn, returned)
+        retry = None
+        while True:
+            failed: list[tuple[Callable[..., Any], Exception]] = []
+            for receiver in pending:
+                try:
+                    receiver(self.sender, transaction=tx)
+                except Exception as exc:
+                    failed.append((receiver, exc))
+                else:
+                    returned.append(receiver)
+                if self._delivery_released:
+                    return False
+            if not failed:
+                self._progress.partial = (0, [])
+                return True
+            retry = retry or REDELIVERY.start()
+            delay = retry.failed(monotonic())
+            assert delay is not None
+            for receiver, error in failed:
+                logger.error(
+                    "[%s] transaction receiver %r raised on %r (attempt %d);"
+                    " delivering it again in %.2f s",
+                    self.stack_id,
+                    receiver,
+                    tx,
+                    retry.attempt,
+                    delay,
+                    exc_info=error,
                 )
-                resume = self._pending_changes < self.options.max_pending_changes
-            if resume:
-                self._wake()
+                signals.send(
+                    signals.delivery_error,
+                    self.sender,
+                    receiver=receiver,
+                    error=error,
+                    attempt=retry.attempt,
+                    delay=delay,
+                )
+            with self._cond:
+                if self._cond.wait_for(self._stopping.is_set, delay):
+                    return False
+            pending = [receiver for receiver, _ in failed]

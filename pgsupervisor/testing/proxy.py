@@ -11,21 +11,32 @@ stops reading never stalls the others. Modes:
 * ``blackhole()``: keep every socket open but forward nothing; data is held
   and delivered when traffic passes again, as TCP would after a partition;
 * ``latency(seconds)``: delay every chunk;
-* ``cut("upstream" | "downstream")``: hold one direction only.
+* ``cut("upstream" | "downstream")``: hold one direction only;
+* ``delay_close(seconds)``: when the server closes a connection, forward what
+  it sent but hold the close back for *seconds* (what the client writes
+  meanwhile is dropped), like a peer whose FIN is late: a client that waits
+  for the close in a blocking call shows how long it stalls.
 
 Loopback only: it listens on 127.0.0.1 and connects to the target given.
+Run it as ``python -m pgsupervisor.testing.proxy TARGET_PORT`` to put it in a
+process of its own: it prints ``port N``, then takes the commands above as
+lines on stdin (``blackhole``, ``delay_close 3``, ``pass_traffic``…) and
+answers each with ``ok``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import heapq
 import itertools
 import selectors
 import socket
 import struct
+import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from time import monotonic
 from types import TracebackType
 from typing import Literal
@@ -64,6 +75,7 @@ class FaultProxy:
         self._holding = False
         self._cut: set[Direction] = set()
         self._latency = 0.0
+        self._close_delay = 0.0
         self._refusing = False
         self._reset_requested = False
         self.accepted = 0  # connections accepted, for tests that count attempts
@@ -77,6 +89,7 @@ class FaultProxy:
         self._pipes: dict[socket.socket, _Pipe] = {}  # keyed by source socket
         self._eof_held: set[socket.socket] = set()  # closes a partition held back
         self._delayed: list[tuple[float, int, _Pipe, bytes]] = []
+        self._closing: dict[socket.socket, float] = {}  # server socket -> close at
         self._seq = itertools.count()
         self._stopping = False
         self._thread = threading.Thread(
@@ -102,7 +115,9 @@ class FaultProxy:
             self._thread.join(timeout)
 
     def pass_traffic(self) -> None:
-        self._set(holding=False, cut=set(), latency=0.0, refusing=False)
+        self._set(
+            holding=False, cut=set(), latency=0.0, close_delay=0.0, refusing=False
+        )
 
     def refuse(self) -> None:
         self._set(refusing=True)
@@ -118,6 +133,9 @@ class FaultProxy:
 
     def latency(self, seconds: float) -> None:
         self._set(latency=seconds)
+
+    def delay_close(self, seconds: float) -> None:
+        self._set(close_delay=seconds)
 
     def cut(self, direction: Direction) -> None:
         with self._lock:
@@ -191,10 +209,10 @@ class FaultProxy:
                     self._applied = requested
                     self._applied_cond.notify_all()
                 self._flush_due()
+                self._close_due()
                 self._update_interest()
-                timeout = None
-                if self._delayed:
-                    timeout = max(0.0, self._delayed[0][0] - monotonic())
+                due = [t for t, *_ in self._delayed[:1]] + list(self._closing.values())
+                timeout = max(0.0, min(due) - monotonic()) if due else None
                 for key, events in self._selector.select(timeout):
                     if key.data == "wake":
                         with contextlib.suppress(BlockingIOError):
@@ -271,8 +289,17 @@ class FaultProxy:
                     self._selector.unregister(sock)
                 self._eof_held.add(sock)
                 return
+            with self._lock:
+                close_delay = self._close_delay
+            if close_delay > 0 and pipe.direction == "downstream":
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(sock)
+                self._closing[sock] = monotonic() + close_delay
+                return
             self._close_pair(sock)
             return
+        if pipe.dst in self._closing:
+            return  # the server is gone; the client is not told yet
         with self._lock:
             latency = self._latency
         if latency > 0:
@@ -288,6 +315,17 @@ class FaultProxy:
             _, _, pipe, data = heapq.heappop(self._delayed)
             if pipe.src in self._pipes:
                 pipe.buffer.append(data)
+
+    def _close_due(self) -> None:
+        """Pass on the server closes held back by delay_close(), once due and
+        once what the server sent before closing has been written."""
+        now = monotonic()
+        for sock, at in list(self._closing.items()):
+            pipe = self._pipes.get(sock)
+            if pipe is None:
+                del self._closing[sock]
+            elif at <= now and not pipe.buffer:
+                self._close_pair(sock)
 
     def _update_interest(self) -> None:
         for sock in list(self._eof_held):
@@ -335,6 +373,7 @@ class FaultProxy:
         if pipe is None:
             return
         for s in (pipe.src, pipe.dst):
+            self._closing.pop(s, None)
             with self._lock:
                 self._pipes.pop(s, None)
             with contextlib.suppress(KeyError, ValueError):
@@ -357,3 +396,37 @@ class FaultProxy:
                 self._selector.unregister(sock)
             self._abort(sock)
         self._delayed.clear()
+        self._closing.clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The proxy in a process of its own, driven by commands on stdin."""
+    parser = argparse.ArgumentParser(prog="python -m pgsupervisor.testing.proxy")
+    parser.add_argument("target_port", type=int)
+    parser.add_argument("--target-host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    proxy = FaultProxy(args.target_port, target_host=args.target_host, port=args.port)
+    commands: dict[str, Callable[..., None]] = {
+        "pass_traffic": proxy.pass_traffic,
+        "refuse": proxy.refuse,
+        "reset": proxy.reset,
+        "blackhole": proxy.blackhole,
+        "cut": proxy.cut,
+        "latency": lambda seconds: proxy.latency(float(seconds)),
+        "delay_close": lambda seconds: proxy.delay_close(float(seconds)),
+    }
+    with proxy:
+        print(f"port {proxy.port}", flush=True)
+        for line in sys.stdin:
+            name, *arguments = line.split() or [""]
+            try:
+                commands[name](*arguments)
+            except (KeyError, TypeError, ValueError) as exc:
+                print(f"error: {line.strip()!r}: {exc!r}", flush=True)
+            else:
+                print("ok", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -149,7 +149,7 @@ def test_resume_after_restart_without_duplicates(repl_db, tmp_path) -> None:
     assert got2.inserted_ids() == [5, 6, 7, 8]
 
 
-def test_raising_receiver_gets_it_again_and_nothing_is_doubled(
+def test_raising_receiver_gets_it_again_in_place_and_nothing_is_doubled(
     repl_db, tmp_path
 ) -> None:
     dsn, slot = repl_db
@@ -157,6 +157,10 @@ def test_raising_receiver_gets_it_again_and_nothing_is_doubled(
     manager = make_manager(dsn, slot, tmp_path)
     rec = Recorder(manager)
     got = Collector(manager)
+    retried: list[dict[str, Any]] = []
+    signals.delivery_error.connect(
+        lambda sender, **kw: retried.append(kw), sender=manager, weak=False
+    )
     with running(manager):
         manager.wait_active(timeout=15)
         execute(dsn, ("insert into items values (1, 'ok')", ()))
@@ -168,11 +172,18 @@ def test_raising_receiver_gets_it_again_and_nothing_is_doubled(
             ("insert into items values (3, 'after')", ()),
         )
         got.wait_for(lambda c: len(c.transactions) == 3)
-        manager.wait_active(timeout=15)
+        assert manager.status is Status.ACTIVE
     assert got.inserted_ids() == [1, 2, 3]
-    errors = [e for e in rec.of("connection_error") if e["role"] == "replication"]
-    assert [e["attempt"] for e in errors] == [1, 2]
-    assert all("receiver refuses" in str(e["error"]) for e in errors)
+    assert [(e["receiver"], e["attempt"]) for e in retried] == [(got, 1), (got, 2)]
+    assert all("receiver refuses" in str(e["error"]) for e in retried)
+    assert all(0 < e["delay"] <= 5 for e in retried)
+    assert not [e for e in rec.of("connection_error") if e["role"] == "replication"]
+    assert len([e for e in rec.of("connected") if e["role"] == "replication"]) == 1
+    assert [e["new"] for e in rec.of("status_changed")] == [
+        Status.STARTING,
+        Status.ACTIVE,
+        Status.STOPPED,
+    ]
 
 
 def test_second_manager_waits_then_takes_over(repl_db, tmp_path) -> None:
