@@ -388,7 +388,11 @@ class Manager:
             self._interrupter.interrupt()
         # Never join the current thread: stop() may come from a receiver of
         # status_changed, on the supervisor thread.
-        if thread is not None and thread is not threading.current_thread():
+        if (
+            thread is not None
+            and thread.ident is not None
+            and thread is not threading.current_thread()
+        ):
             thread.join(max(0.0, deadline - self._clock()))
             if thread.is_alive():
                 logger.warning(
