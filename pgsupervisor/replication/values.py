@@ -4,16 +4,19 @@ A `Row` keeps the tuple the server sent (one pgoutput message and an offset)
 and converts a column the first time it is read, with psycopg's loaders bound
 to the replication session: its encoding, DateStyle, TimeZone and
 IntervalStyle are the ones the walsender formatted the values with. Reading
-every value goes through psycopg's C row loader (`Transformer.load_sequence`),
-the cost of a ``fetchall()``. A value no loader accepts (date ``infinity``, a
+every value splits the tuple with code unrolled for the relation's width and
+loads it with psycopg's C row loader (`Transformer.load_sequence`), as a
+``fetchall()`` does. A value no loader accepts (date ``infinity``, a
 BC date, ``24:00``…) becomes a `RawValue` instead of an error, logged once
 per column: one value never stops a stream.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
+import types
 from collections.abc import (
     Callable,
     ItemsView,
@@ -104,7 +107,6 @@ class Columns:
     __slots__ = (
         "_warned",
         "encoding",
-        "fast_values",
         "index",
         "key",
         "key_positions",
@@ -112,6 +114,7 @@ class Columns:
         "names",
         "ncols",
         "oids",
+        "row_loader",
         "schema",
         "table",
         "transformer",
@@ -142,7 +145,7 @@ class Columns:
         tx.set_loader_types(load_oids, _TEXT)
         self.transformer = tx
         self.encoding = tx.encoding  # the walsender converts text to it
-        self.fast_values = _compile_values(names, tx.load_sequence)
+        self.row_loader: RowLoader | None = None  # made when first needed
         self._warned = set() if warned is None else warned
         self.key_positions: tuple[int, ...] = ()
         self.key: Columns | None = None
@@ -232,24 +235,15 @@ def split_tuple(buf: bytes, pos: int) -> tuple[list[Any], int, bool]:
     return values, pos, toast
 
 
-def _compile_values(
-    names: tuple[str, ...], load: Callable[[list[Any]], tuple[Any, ...]]
-) -> Callable[[bytes, int], dict[str, Any] | None]:
-    """A function loading every value of this relation's TupleData at an
-    offset in one straight line, for the common case where each column is
-    sent as text. It returns None (the caller then takes the general path)
-    when a column is NULL or unchanged, or the tuple does not end the
-    message; an overrunning length makes it raise, or return None.
+RowLoader = Callable[[bytes, int], dict[str, Any] | None]
 
-    Generated as `dataclasses` generates methods: unrolled, the split costs
-    about two thirds of a loop over the columns, and the dict is built from
-    the row loader's output with no intermediate list of pairs. Only indices
-    are written into the source; names and loaders come in through the
-    namespace.
-    """
-    n = len(names)
-    lines = ["def fast_values(buf, pos):", "    pos += 2"]
-    for i in range(n):
+
+@functools.lru_cache(maxsize=64)
+def _row_loader_code(ncols: int) -> types.CodeType:
+    """The code of a row loader for *ncols* columns; compiled once per width,
+    shared by every relation of that width."""
+    lines = ["def load_row(buf, pos):", "    pos += 2"]
+    for i in range(ncols):
         lines += [
             "    if buf[pos] != 0x74:",
             "        return None",
@@ -259,19 +253,32 @@ def _compile_values(
     lines += [
         "    if pos != len(buf):",
         "        return None",
-        "    v = load([" + ", ".join(f"buf[s{i}:e{i}]" for i in range(n)) + "])",
+        "    v = load([" + ", ".join(f"buf[s{i}:e{i}]" for i in range(ncols)) + "])",
+        "    return {" + ", ".join(f"names[{i}]: v[{i}]" for i in range(ncols)) + "}",
     ]
-    lines.append(
-        "    return {" + ", ".join(f"names[{i}]: v[{i}]" for i in range(n)) + "}"
-    )
-    namespace: dict[str, Any] = {
-        "u32": _U32,
-        "load": load,
-        "names": names,
-    }
+    namespace: dict[str, Any] = {}
     exec("\n".join(lines), namespace)
-    fast: Callable[[bytes, int], dict[str, Any] | None] = namespace["fast_values"]
-    return fast
+    code: types.CodeType = namespace["load_row"].__code__
+    return code
+
+
+def _row_loader(
+    names: tuple[str, ...], load: Callable[[list[Any]], tuple[Any, ...]]
+) -> RowLoader:
+    """A function loading every value of a TupleData of these columns at an
+    offset in one straight line, for the common case where each column is
+    sent as text. It returns None (the caller then takes the general path)
+    when a column is NULL or unchanged, or the tuple does not end the
+    message; an overrunning length makes it raise, or return None.
+
+    Generated as `dataclasses` generates methods: unrolled, the split costs
+    about two thirds of a loop over the columns, and the dict is built from
+    the row loader's output with no list of pairs. Only indices are written
+    into the source; names and loaders come in through its globals.
+    """
+    namespace = {"u32": _U32, "len": len, "load": load, "names": names}
+    loader: RowLoader = types.FunctionType(_row_loader_code(len(names)), namespace)
+    return loader
 
 
 def _column(buf: Any, pos: int, i: int) -> Any:
@@ -396,8 +403,13 @@ class Row(Mapping[str, Any]):
         cols = self._cols
         raw = self._raw
         if raw is None and (buf := self._buf) is not None:
+            load_row = cols.row_loader
+            if load_row is None:
+                load_row = cols.row_loader = _row_loader(
+                    cols.names, cols.transformer.load_sequence
+                )
             try:
-                d = cols.fast_values(buf, self._pos)
+                d = load_row(buf, self._pos)
             except Exception:  # the general path below raises or falls back
                 d = None
             if d is not None:

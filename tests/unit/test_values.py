@@ -356,3 +356,20 @@ def test_a_value_read_before_all_is_the_one_kept() -> None:
     doc = row["j"]
     assert list(row.items()) == [("id", 1), ("n", Decimal("12.50")), ("j", doc)]
     assert row["j"] is doc and next(iter(reversed(row.values()))) is doc
+
+
+def test_relations_of_the_same_width_keep_their_own_names_and_loaders() -> None:
+    a = Assembler()
+    tx = one_tx(
+        a,
+        enc.relation(1, "s", "t", COLS),
+        enc.relation(
+            2, "s", "u", [("a", TEXT, True), ("b", INT4, False), ("id", INT8, False)]
+        ),
+        enc.insert(1, ROW),
+        enc.insert(2, [b"12", b"34", b"5"]),
+    )
+    assert [dict(c.new) for c in tx.changes] == [
+        EXPECTED,
+        {"a": "12", "b": 34, "id": 5},
+    ]
