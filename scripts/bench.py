@@ -581,10 +581,32 @@ def bench_latency(cluster: Cluster, tmp: str, rate: int, seconds: float) -> None
     )
 
 
+def store_rows(transaction: Any) -> int:
+    for change in transaction.changes:
+        dict(change.new)
+    return len(transaction.changes)
+
+
+class _GcClock:
+    """CPU time spent in the cyclic garbage collector while installed."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        else:
+            self.spent += time.process_time() - self._started
+
+
 def bench_isolated_decode(cluster: Cluster, rows: int, profile: bool) -> None:
     """The decoder alone, on pgoutput bytes recorded from the server: no
-    network, no threads, so the figures hold on a busy machine."""
+    network, no threads; CPU time of this process, so the figures hold on a
+    busy machine. The paths alternate, run after run."""
     import cProfile  # noqa: PLC0415
+    import gc  # noqa: PLC0415
     import pstats  # noqa: PLC0415
 
     from pgsupervisor.replication.pgoutput import Assembler  # noqa: PLC0415
@@ -593,18 +615,21 @@ def bench_isolated_decode(cluster: Cluster, rows: int, profile: bool) -> None:
     _truncate(dsn)
     _create_slots(cluster, ["s_record"])
     _fill(dsn, rows, 1000)
-    messages = [
+    # A tuple of bytes: the collector stops scanning it, as it never sees
+    # the messages of a real stream, which are gone once decoded.
+    messages = tuple(
         bytes(r[0])
         for r in cluster.execute(
             "SELECT data FROM pg_logical_slot_get_binary_changes('s_record', NULL,"
             " NULL, 'proto_version', '1', 'publication_names', %s)",
             (PUBLICATION,),
         )
-    ]
+    )
     _drop_slots(cluster, ["s_record"])
     session = psycopg.connect(dsn, replication="database", autocommit=True)
+    conn = psycopg.connect(dsn)
 
-    def feed(read: Callable[[Any], int] | None) -> float:
+    def feed(read: Callable[[Any], int] | None) -> tuple[float, int]:
         assembler = Assembler(session)
         changes = 0
         started = time.process_time()
@@ -612,33 +637,46 @@ def bench_isolated_decode(cluster: Cluster, rows: int, profile: bool) -> None:
             tx = assembler.feed(message)
             if tx is not None:
                 changes += read(tx) if read else len(tx.changes)  # type: ignore[union-attr]
-        return (time.process_time() - started) / changes * 1e6
+        return time.process_time() - started, changes
 
+    def fetchall() -> tuple[float, int]:
+        started = time.process_time()
+        got = conn.execute("SELECT * FROM bench").fetchall()
+        return time.process_time() - started, len(got)
+
+    paths: list[tuple[str, Callable[[], tuple[float, int]]]] = [
+        ("feed only, no value read", lambda: feed(None)),
+        ("feed + read the key", lambda: feed(read_key)),
+        ("feed + read every value", lambda: feed(read_all)),
+        ("feed + dict(change.new)", lambda: feed(store_rows)),
+        ("psycopg SELECT * + fetchall() (per row)", fetchall),
+    ]
+    runs = 7
+    times: dict[str, list[float]] = {label: [] for label, _ in paths}
+    in_gc: dict[str, list[float]] = {label: [] for label, _ in paths}
+    clock = _GcClock()
+    gc.callbacks.append(clock)
+    try:
+        for i in range(runs):
+            for label, run in paths if i % 2 == 0 else paths[::-1]:
+                clock.spent = 0.0
+                took, count = run()
+                times[label].append(took / count * 1e6)
+                in_gc[label].append(clock.spent / count * 1e6)
+    finally:
+        gc.callbacks.remove(clock)
     print(
         f"\nisolated decode of {rows:,} recorded inserts in 1k-row transactions"
-        " (CPU µs of this process per change, median of 7 [min-max])"
+        f" (CPU µs of this process per change, median of {runs} alternating runs"
+        " [min-max]; of which in the garbage collector)"
     )
-    for label, read in (
-        ("feed only, no value read", None),
-        ("feed + read the key", read_key),
-        ("feed + read every value", read_all),
-    ):
-        times = [feed(read) for _ in range(7)]
+    for label, _ in paths:
+        t = times[label]
         print(
-            f"  {label:<34} {statistics.median(times):6.2f}"
-            f" [{min(times):.2f}-{max(times):.2f}]"
+            f"  {label:<40} {statistics.median(t):6.2f} [{min(t):.2f}-{max(t):.2f}]"
+            f"  gc {statistics.median(in_gc[label]):.2f}"
         )
-    with psycopg.connect(dsn) as conn:
-        times = []
-        for _ in range(7):
-            started = time.process_time()
-            got = conn.execute("SELECT * FROM bench").fetchall()
-            times.append((time.process_time() - started) / len(got) * 1e6)
-            del got
-    print(
-        f"  {'psycopg SELECT * + fetchall()':<34} {statistics.median(times):6.2f}"
-        f" [{min(times):.2f}-{max(times):.2f}] (per row)"
-    )
+    conn.close()
     if profile:
         for label, read in (("key", read_key), ("every value", read_all)):
             profiler = cProfile.Profile()

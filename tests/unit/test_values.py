@@ -327,3 +327,49 @@ def test_a_value_overrunning_mid_tuple_is_a_decode_error() -> None:
     bad = good[:9] + (40).to_bytes(4, "big") + good[13:]
     with pytest.raises(DecodeError, match="overruns"):
         dict(inserted_raw(bad))
+
+
+def test_a_negative_value_length_is_a_decode_error() -> None:
+    good = enc.insert(1, ROW)
+    bad = good[:9] + (-1).to_bytes(4, "big", signed=True) + good[13:]
+    with pytest.raises(DecodeError, match="negative value length"):
+        list(inserted_raw(bad).values())
+    with pytest.raises(DecodeError, match=r"-1 bytes .* overruns"):
+        dict(inserted_raw(bad))
+
+
+def test_bytes_after_the_tuple_are_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="1 unexpected bytes after the tuple"):
+        list(inserted_raw(enc.insert(1, ROW) + b"x").values())
+
+
+@pytest.mark.parametrize("width", [0, 1, 400])
+def test_any_width_loads_every_value(width: int) -> None:
+    cols = [(f"c{i}", INT4, i == 0) for i in range(width)]
+    row = inserted([str(i).encode() for i in range(width)], cols)
+    assert dict(row) == {f"c{i}": i for i in range(width)}
+    assert list(row.values()) == list(range(width))
+
+
+def test_a_value_read_before_all_is_the_one_kept() -> None:
+    row = inserted(ROW)
+    doc = row["j"]
+    assert list(row.items()) == [("id", 1), ("n", Decimal("12.50")), ("j", doc)]
+    assert row["j"] is doc and next(iter(reversed(row.values()))) is doc
+
+
+def test_relations_of_the_same_width_keep_their_own_names_and_loaders() -> None:
+    a = Assembler()
+    tx = one_tx(
+        a,
+        enc.relation(1, "s", "t", COLS),
+        enc.relation(
+            2, "s", "u", [("a", TEXT, True), ("b", INT4, False), ("id", INT8, False)]
+        ),
+        enc.insert(1, ROW),
+        enc.insert(2, [b"12", b"34", b"5"]),
+    )
+    assert [dict(c.new) for c in tx.changes] == [
+        EXPECTED,
+        {"a": "12", "b": 34, "id": 5},
+    ]
