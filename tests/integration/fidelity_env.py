@@ -5,6 +5,7 @@ is written once and checked against every mode."""
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,13 @@ from .fidelity_types import ColType
 VARIANTS: dict[str, dict[str, Any]] = {
     "utc": {},
     "timezone": {"set": {"timezone": "America/St_Johns"}},
-    "datestyle": {"set": {"datestyle": "SQL, DMY"}},
+    "datestyle": {
+        "set": {
+            "datestyle": "SQL, DMY",
+            "intervalstyle": "iso_8601",
+            "bytea_output": "escape",
+        }
+    },
     "latin1": {"encoding": "LATIN1"},
 }
 
@@ -37,6 +44,7 @@ CLUSTER_SETTINGS = {
     "max_wal_senders": "20",
     "max_replication_slots": "20",
     "synchronous_commit": "on",
+    "max_prepared_transactions": "4",
 }
 
 WAIT = 25.0  # seconds a written batch may take to reach every stream
@@ -148,8 +156,10 @@ class Env:
                 self._cache[key] = (False, exc)
         ok, value = self._cache[key]
         if not ok:  # a fresh error: re-raising one object grows its traceback
-            what = "" if isinstance(value, AssertionError) else f"{type(value).__name__}: "
-            raise AssertionError(f"{what}{value}") from None
+            if isinstance(value, AssertionError):
+                raise AssertionError(str(value)) from None
+            where = "".join(traceback.format_exception(value)[-6:])
+            raise AssertionError(f"{key} failed:\n{where}") from None
         return value
 
     def scenario(

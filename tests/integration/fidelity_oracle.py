@@ -34,8 +34,8 @@ def raw_value_class() -> type | None:
 @dataclass(frozen=True)
 class Raw:
     """Expected: ``RawValue(text, type_oid)`` with one of these texts and oids
-    (the session's own text, or the ISO text when the stream set DateStyle;
-    the column's declared type or its base type)."""
+    (the session's own text, or the ISO text when the stream set its
+    DateStyle/IntervalStyle; the column's declared type or its base type)."""
 
     texts: frozenset[str]
     oids: frozenset[int]
@@ -61,6 +61,7 @@ class ColumnType:
     name: str  # format_type(), for messages
     base_oid: int  # the domain's base type, recursively (else oid)
     domain_array_base: int | None  # for an array of domains: the base's array oid
+    generated: bool  # a generated column, which the server does not publish
 
 
 def column_types(
@@ -82,7 +83,8 @@ def column_types(
                case when el.typtype = 'd' then
                    (select bt.typarray from roots r join pg_type bt on bt.oid = r.base
                     where r.root = el.oid)
-               end
+               end,
+               a.attgenerated <> ''
         from pg_attribute a
         join pg_type t on t.oid = a.atttypid
         left join pg_type el on el.oid = t.typelem and t.typcategory = 'A'
@@ -91,8 +93,8 @@ def column_types(
         (sql.Identifier(schema, table).as_string(conn),),
     ).fetchall()
     return {
-        name: ColumnType(oid, tname, base or oid, dab)
-        for name, oid, tname, base, dab in rows
+        name: ColumnType(oid, tname, base or oid, dab, gen)
+        for name, oid, tname, base, dab, gen in rows
     }
 
 
@@ -100,14 +102,17 @@ def _as_iso(
     cur: psycopg.Cursor[Any], text: str, type_name: str
 ) -> tuple[str, Any] | None:
     """The same value printed and loaded under DateStyle ISO (keeping the
-    field order), or None when the session already uses ISO. The loaded value
-    is an exception when psycopg cannot load it either."""
+    field order) and IntervalStyle postgres, the styles psycopg parses; None
+    when the session uses them already. The loaded value is an exception
+    when psycopg cannot load it either."""
     conn = cur.connection
-    style = conn.info.parameter_status("DateStyle") or "ISO"
-    if style.startswith("ISO"):
+    date_style = conn.info.parameter_status("DateStyle") or "ISO"
+    interval_style = conn.info.parameter_status("IntervalStyle") or "postgres"
+    if date_style.startswith("ISO") and interval_style == "postgres":
         return None
-    order = style.split(",")[-1].strip()
-    conn.execute("select set_config('DateStyle', %s, true)", (f"ISO, {order}",))
+    order = date_style.split(",")[-1].strip()
+    set_styles = "select set_config('DateStyle', %s, true), set_config('IntervalStyle', %s, true)"
+    conn.execute(set_styles, (f"ISO, {order}", "postgres"))
     try:
         query = sql.SQL("select {}::{}, ({}::{})::text").format(
             sql.Literal(text), sql.SQL(type_name), sql.Literal(text), sql.SQL(type_name)
@@ -125,7 +130,7 @@ def _as_iso(
             loaded = exc
         return iso_text, loaded
     finally:
-        conn.execute("select set_config('DateStyle', %s, true)", (style,))
+        conn.execute(set_styles, (date_style, interval_style))
 
 
 def load_rows(
@@ -151,9 +156,23 @@ def load_rows(
             ctype = types.get(name)
             try:
                 value: Any = loaders[i].load(data)
-            except (psycopg.DataError, NotImplementedError) as exc:
+            except UnicodeDecodeError:
+                # psycopg's json loaders assume UTF-8 bytes, whatever the
+                # connection's encoding: accept what a UTF-8 session loads
+                utf8 = bytes(data).decode(encoding).encode()
+                value = AnyOf(
+                    (
+                        _unloadable(
+                            cur, bytes(data).decode(encoding), res.ftype(i), ctype
+                        ),
+                        loaders[i].load(utf8),
+                    ),
+                    "psycopg cannot load it in this client encoding:"
+                    " raw, or as a UTF-8 session loads it",
+                )
+            except (psycopg.DataError, NotImplementedError):
                 value = _unloadable(
-                    cur, bytes(data).decode(encoding), exc, res.ftype(i), ctype
+                    cur, bytes(data).decode(encoding), res.ftype(i), ctype
                 )
             else:
                 if ctype is not None and ctype.domain_array_base:
@@ -173,7 +192,6 @@ def load_rows(
 def _unloadable(
     cur: psycopg.Cursor[Any],
     text: str,
-    exc: Exception,
     oid: int,
     ctype: ColumnType | None,
 ) -> Any:
@@ -186,8 +204,8 @@ def _unloadable(
         # delivers what a plain ISO session loads.
         return AnyOf(
             (raw, iso[1]),
-            f"psycopg cannot load {ctype.name if ctype else oid}"
-            " in this DateStyle: raw, or loaded as with DateStyle ISO",
+            f"psycopg cannot load {ctype.name if ctype else oid} in this"
+            " DateStyle/IntervalStyle: raw, or loaded as with ISO/postgres",
         )
     return raw
 

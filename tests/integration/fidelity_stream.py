@@ -21,6 +21,7 @@ from pgsupervisor.replication import UNCHANGED_TOAST
 from .fidelity_oracle import ColumnType, column_types, diff, load_rows
 
 XID_MASK = 0xFFFFFFFF
+_PLAIN = frozenset({int, str, bool, bytes})  # == is exact for these
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ExpTx:
     xid: int | None
     changes: list[ExpChange] = field(default_factory=list)
     messages: list[tuple[str, bytes]] = field(default_factory=list)
+    origin: str | None = None
 
     @property
     def must_arrive(self) -> bool:
@@ -169,7 +171,7 @@ class TxWriter:
             params,
         )
         types = self._types(schema, name)
-        rows = load_rows(cur, types)
+        rows = [_sent(r, types) for r in load_rows(cur, types)]
         pschema, pname = self._split(published_as) if published_as else (schema, name)
         for row in rows:
             self.exp.changes.append(
@@ -233,7 +235,7 @@ class TxWriter:
             + sql.SQL(" for update"),
             params,
         )
-        olds = load_rows(cur, types)
+        olds = [_sent(r, types) for r in load_rows(cur, types)]
         assert len(olds) == 1, f"update of {table} where {where_sql} must touch one row"
         cur.execute(
             sql.SQL("update {} set ").format(target)
@@ -243,7 +245,7 @@ class TxWriter:
             + sql.SQL(" returning *"),
             params,
         )
-        (new,) = load_rows(cur, types)
+        (new,) = [_sent(r, types) for r in load_rows(cur, types)]
         pschema, pname = self._split(published_as) if published_as else (schema, name)
         self.exp.changes.append(
             ExpChange(
@@ -268,7 +270,7 @@ class TxWriter:
             + sql.SQL(" returning *"),
             params,
         )
-        for old in load_rows(cur, types):
+        for old in [_sent(r, types) for r in load_rows(cur, types)]:
             self.exp.changes.append(
                 ExpChange(
                     "delete", schema, name, None, self._old(*ident, old, None), types
@@ -367,6 +369,11 @@ class Writer:
         return w.exp
 
 
+def _sent(row: dict[str, Any], types: dict[str, ColumnType]) -> dict[str, Any]:
+    """*row* without the generated columns, which pgoutput does not publish."""
+    return {k: v for k, v in row.items() if not (k in types and types[k].generated)}
+
+
 def _lsn(text: str) -> int:
     hi, lo = text.split("/")
     return (int(hi, 16) << 32) | int(lo, 16)
@@ -385,12 +392,20 @@ def compare_tx(exp: ExpTx, got: Any, mode: str, only: str | None = None) -> list
     still appear in the same order)."""
     where = f"[{mode}] {exp.label}"
     out: list[str] = []
+    if getattr(got.commit_time, "tzinfo", None) is None:
+        out.append(
+            f"{where}: commit_time must be an aware datetime, got {got.commit_time!r}"
+        )
+    if not got.commit_lsn <= got.end_lsn:
+        out.append(f"{where}: commit_lsn {got.commit_lsn} after end_lsn {got.end_lsn}")
     changes = list(got.changes)
     expected = exp.changes
     if only is not None:
         changes = [c for c in changes if c.table == only]
         expected = [c for c in expected if c.table == only]
     else:
+        if got.origin != exp.origin:
+            out.append(f"{where}: origin expected {exp.origin!r}, got {got.origin!r}")
         got_messages = [(m.prefix, m.content) for m in got.messages]
         if got_messages != exp.messages:
             out.append(
@@ -448,6 +463,9 @@ def compare_change(e: ExpChange, g: Any, where: str) -> list[str]:
             )
             continue
         for col, value in want.items():
+            got_value = have[col]
+            if type(value) is type(got_value) in _PLAIN and value == got_value:
+                continue
             ctype = e.types.get(col)
             label = f"{rel}.{side}[{col!r}] ({ctype.name if ctype else '?'})"
             if side == "new" and col in e.unchanged:

@@ -318,6 +318,8 @@ UNLOADABLE: list[ColType] = [
         "'-infinity'",
         "'infinity'",
         "'294276-12-31 23:59:59+00'",
+        "'0001-01-01 00:00:00+00'",
+        "'9999-12-31 23:00:00-05'",
     ),
     _t("time", "time", "'24:00'", "'12:00'"),
     _t(
@@ -328,4 +330,7 @@ UNLOADABLE: list[ColType] = [
     _t("interval", "interval", "'178000000 years'"),
     _t("dom_date", "day", "'infinity'"),
 ]
-UNLOADABLE_SETUP = ["create domain day as date"]
+UNLOADABLE_SETUP = [
+    "create domain day as date",
+    "create table un_key (d date primary key, v text)",
+]

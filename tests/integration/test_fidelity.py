@@ -123,6 +123,11 @@ def _write_unloadable(env: Env) -> Any:
                 t.insert(ty.table, f"(v, note) values {rows}")
             for ty in env.types:
                 t.update(ty.table, "note = 'updated'", "id = 1")
+        with w.tx("unloadable values in a replica identity key") as t:
+            t.insert("un_key", "values ('infinity', 'a'), ('2024-01-01', 'b')")
+            t.update("un_key", "d = '-infinity'", "d = '2024-01-01'")
+            t.update("un_key", "d = '2024-02-29'", "d = 'infinity'")
+            t.delete("un_key", "d = '-infinity'")
         with w.tx("an ordinary transaction after the unloadable ones") as t:
             t.insert("fid_marker", "(label) values ('after unloadable')")
 
@@ -136,6 +141,14 @@ def test_unloadable_value_arrives_raw_and_never_stalls(
 ) -> None:
     _, _, errors = unl.delivered(
         "unloadable", mode, _write_unloadable(unl), only=ctype.table
+    )
+    _fail(errors)
+
+
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_unloadable_key_in_old(unl: Env, mode: str) -> None:
+    _, _, errors = unl.delivered(
+        "unloadable", mode, _write_unloadable(unl), only="un_key"
     )
     _fail(errors)
 
@@ -302,6 +315,7 @@ def _schema_changes(w: Writer) -> None:
     with w.tx("schema: after rename column, text -> jsonb") as t:
         t.insert("sch", "values (5, '{\"x\": 1}', 6.0)")
     with w.tx("schema: alter inside the transaction") as t:
+        t.filler()  # streamed before the ALTER in streaming mode
         t.insert("sch", "values (6, 'null', 1)")
         t.execute("alter table sch add column d date default '2024-02-29'")
         t.insert("sch", "values (7, '[]', 2, '2024-03-01')")
@@ -484,6 +498,8 @@ def _messages(w: Writer) -> dict[str, Any]:
         t.message(True, "p1", b"")
     with w.tx("messages: a transaction holding only a message") as t:
         t.message(True, "only", "é".encode())
+    with w.tx("messages: a non-ASCII prefix") as t:
+        t.message(True, "préfixe", b"\xe9")
     with w.tx("messages: non-transactional") as t:
         lsns["nt"] = t.message(False, "nt", b"x\x00y")
     with w.tx("messages: in a rolled-back transaction", commit=False) as t:
@@ -582,6 +598,90 @@ def test_concurrent_commits_out_of_start_order(env: Env, mode: str) -> None:
     stream = env.streams[mode]
     positions = [stream.transactions.index(stream.by_xid[x]) for x in extra["order"]]
     assert positions == sorted(positions), f"[{mode}] delivered out of commit order"
+
+
+def _identifiers(w: Writer) -> None:
+    w.ddl(
+        'create schema "Sch é"',
+        'create table "Sch é"."Tbl é" ("Col é" int primary key, "with space" text,'
+        ' "quo""te" text, "UPPER" int, gen int generated always as ("UPPER" * 2) stored)',
+    )
+    table = "Sch é.Tbl é"
+    with w.tx("identifiers: quoted, non-ASCII, generated column") as t:
+        t.insert(
+            table,
+            '("Col é", "with space", "quo""te", "UPPER") values (1, \'a\', \'b\', 3)',
+        )
+        t.update(table, '"UPPER" = 4', '"Col é" = 1')
+        t.update(table, '"Col é" = 2', '"Col é" = 1')
+        t.delete(table, '"Col é" = 2')
+
+
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_quoted_identifiers_and_generated_columns(env: Env, mode: str) -> None:
+    _, _, errors = env.delivered("identifiers", mode, _identifiers)
+    _fail(errors)
+
+
+def _two_phase(w: Writer) -> dict[str, Any]:
+    w.ddl("create table tp (id int primary key, v text)")
+    other = Writer(w.dsn)
+    conn = w.conn
+    try:
+        conn.tpc_begin(conn.xid(1, "fid-committed", "b"))
+        t = TxWriter(w, "two-phase: prepared, then committed")
+        t.insert("tp", "values (1, 'prepared')")
+        t.exp.xid = _xid(conn)
+        conn.tpc_prepare()
+        with other.tx("two-phase: committed while the other was prepared") as o:
+            o.insert("tp", "values (2, 'in between')")
+        conn.tpc_commit()
+        w.committed += [*other.committed, t.exp]
+        conn.tpc_begin(conn.xid(1, "fid-rolled-back", "b"))
+        r = TxWriter(w, "two-phase: prepared, then rolled back")
+        r.insert("tp", "values (3, 'never')")
+        rolled_back = _xid(conn)
+        conn.tpc_prepare()
+        conn.tpc_rollback()
+    finally:
+        other.close()
+    with w.tx("two-phase: after") as t:
+        t.insert("tp", "values (4, 'after')")
+    return {"rolled back": rolled_back}
+
+
+def _xid(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("select pg_current_xact_id()::text").fetchone()
+    assert row is not None
+    return int(row[0]) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_two_phase_commit(env: Env, mode: str) -> None:
+    _, extra, errors = env.delivered("two-phase", mode, _two_phase)
+    _fail(errors)
+    assert extra["rolled back"] not in env.streams[mode].by_xid
+
+
+def _origin(w: Writer) -> None:
+    w.ddl(
+        "create table orig (id int primary key)",
+        "select pg_replication_origin_create('fid_origin')",
+    )
+    with w.tx("origin: set by the session") as t:
+        t.execute("select pg_replication_origin_session_setup('fid_origin')")
+        t.insert("orig", "values (1)")
+        t.exp.origin = "fid_origin"
+    w.conn.execute("select pg_replication_origin_session_reset()")
+    w.conn.commit()
+    with w.tx("origin: none") as t:
+        t.insert("orig", "values (2)")
+
+
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_transaction_origin(env: Env, mode: str) -> None:
+    _, _, errors = env.delivered("origin", mode, _origin)
+    _fail(errors)
 
 
 # --- user types created while streaming -----------------------------------------
