@@ -546,6 +546,7 @@ def _big(w: Writer) -> None:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODE_IDS)
 def test_50k_row_transaction(env: Env, mode: str) -> None:
     txs, _, errors = env.delivered("big", mode, _big)
@@ -563,7 +564,7 @@ def _stream_stats(env: Env, slot: str) -> tuple[int, int]:
 
 
 def test_streaming_mode_really_streamed(env: Env) -> None:
-    env.delivered("big", "streaming", _big)
+    env.delivered("types", "streaming", _write_types(env))
     slot = f"{env.dbname}_streaming"
     assert wait_until(lambda: _stream_stats(env, slot)[0] > 0, 10), (
         f"the server streamed nothing to {slot}: {_stream_stats(env, slot)}"
