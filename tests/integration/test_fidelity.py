@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.types.datetime import DateLoader
+from psycopg.types.numeric import FloatLoader
 
 from pgsupervisor.options import ReplicationOptions
 from pgsupervisor.replication import UNCHANGED_TOAST
@@ -171,12 +172,21 @@ class InfDateLoader(DateLoader):
         return super().load(data)
 
 
-def test_loader_registered_in_options_is_honoured(unl: Env) -> None:
+def test_loaders_registered_in_options_are_honoured(unl: Env) -> None:
+    """Loaders on ReplicationOptions.adapters apply to the values, their
+    arrays, ranges and domains, as they do on a connection."""
 
     fields = ReplicationOptions.__dataclass_fields__
     assert "adapters" in fields, "ReplicationOptions has no 'adapters' option"
     adapters = psycopg.adapt.AdaptersMap(psycopg.adapters)
     adapters.register_loader("date", InfDateLoader)
+    adapters.register_loader("numeric", FloatLoader)  # psycopg's documented recipe
+    with psycopg.connect(unl.dsn, autocommit=True) as conn:
+        conn.execute(
+            "create domain dnum as numeric;"
+            "create table adapted (id int primary key, n numeric, na numeric[],"
+            " dn dnum, r numrange)"
+        )
     manager = unl.manager("adapters", adapters=adapters)
     stream = Stream(manager, "v-default+adapters")
     manager.start()
@@ -184,6 +194,7 @@ def test_loader_registered_in_options_is_honoured(unl: Env) -> None:
         manager.wait_active(timeout=30)
         oracle = Writer(unl.dsn)
         oracle.conn.adapters.register_loader("date", InfDateLoader)
+        oracle.conn.adapters.register_loader("numeric", FloatLoader)
         try:
             with oracle.tx("custom date loader") as t:
                 t.insert(
@@ -194,11 +205,16 @@ def test_loader_registered_in_options_is_honoured(unl: Env) -> None:
                 t.insert(
                     "ty_date_array", "(v, note) values ('{infinity,2024-01-01}', 'd')"
                 )
+                t.insert(
+                    "adapted",
+                    "values (1, 1.50, '{2.5,NULL,NaN}', 3.25, '[1.5,2.5)')",
+                )
             exp = oracle.committed
         finally:
             oracle.close()
         assert exp[0].changes[0].new is not None
-        assert exp[0].changes[0].new["v"] == dt.date.max  # the oracle used the loader
+        assert exp[0].changes[0].new["v"] == dt.date.max  # the oracle used the loaders
+        assert isinstance(exp[0].changes[-1].new["n"], float)
         _fail(check_one(stream, exp, 25.0))
     finally:
         manager.stop(timeout=10)
@@ -304,8 +320,11 @@ def _schema_changes(w: Writer) -> None:
     with w.tx("schema: after drop column") as t:
         t.insert("sch", "values (3, 3, 3.5)")
         t.delete("sch", "id = 3")
-    w.ddl("alter table sch alter column a type text using a::text || '!'")
-    with w.tx("schema: after alter column type int -> text") as t:
+    w.ddl(
+        "alter table sch alter column a type text using a::text || '!'",
+        "alter table sch replica identity full",
+    )
+    with w.tx("schema: after alter column type int -> text, identity full") as t:
         t.insert("sch", "values (4, 'four', 4)")
         t.update("sch", "c = 5", "id = 4")
     w.ddl(
@@ -723,6 +742,40 @@ def _late_types(w: Writer) -> None:
 def test_user_types_created_while_streaming(env: Env, mode: str) -> None:
     _, _, errors = env.delivered("late types", mode, _late_types)
     _fail(errors)
+
+
+def test_resumed_stream_decodes_like_a_fresh_one(env: Env) -> None:
+    """A new process on an existing slot (Relation messages sent again, type
+    lookups made afresh) delivers the same values."""
+    w = env.writer
+    first = env.manager("resume")
+    s1 = Stream(first, "resume, first process")
+    try:
+        first.start()
+        first.wait_active(timeout=30)
+        with w.tx("resume: before the restart") as t:
+            t.insert("ty_dom_numeric", "(v, note) values (1.5, 'r')")
+        _fail(check_one(s1, w.committed[-1:], 25.0))
+    finally:
+        first.stop(timeout=10)
+    with w.tx("resume: written while no stream ran") as t:
+        t.insert("ty_dom_numeric", "(v, note) values (2.5, 'r')")
+        t.insert("ty_dom_timestamptz", "(v, note) values ('2024-07-01 00:30+02', 'r')")
+        t.insert(
+            "ty_timestamptz_array", "(v, note) values ('{2024-11-03 05:00+00}', 'r')"
+        )
+        t.insert("ty_interval", "(v, note) values ('1 mon 2 days', 'r')")
+        t.insert("ty_text", "(v, note) values ('café', 'r')")
+    second = env.manager("resume")
+    s2 = Stream(second, "resume, second process")
+    try:
+        second.start()
+        second.wait_active(timeout=30)
+        _fail(check_one(s2, w.committed[-1:], 25.0))
+        assert s1.slots_created == [{"slot_name": "fid_resume", "recreated": False}]
+        assert s2.slots_created == []  # it resumed the slot, it did not create one
+    finally:
+        second.stop(timeout=10)
 
 
 # --- slot creation --------------------------------------------------------------
