@@ -13,21 +13,35 @@ stalling the stream.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import os
+from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types import TypeInfo
+from psycopg.types.composite import CompositeInfo, register_composite
 from psycopg.types.datetime import DateLoader
+from psycopg.types.enum import EnumInfo, register_enum
+from psycopg.types.hstore import register_hstore
 from psycopg.types.numeric import FloatLoader
 
+from pgsupervisor import Manager
 from pgsupervisor.options import ReplicationOptions
 from pgsupervisor.replication import UNCHANGED_TOAST
 from pgsupervisor.testing.cluster import Cluster
 
-from .fidelity_env import CLUSTER_SETTINGS, MODES, VARIANTS, Env, env_for
+from .fidelity_env import (
+    CLUSTER_SETTINGS,
+    MODES,
+    VARIANTS,
+    Env,
+    create_database,
+    env_for,
+)
 from .fidelity_oracle import column_types, load_rows, raw_value_class
 from .fidelity_stream import (
     ExpChange,
@@ -172,31 +186,61 @@ class InfDateLoader(DateLoader):
         return super().load(data)
 
 
-def test_loaders_registered_in_options_are_honoured(unl: Env) -> None:
-    """Loaders on ReplicationOptions.adapters apply to the values, their
-    arrays, ranges and domains, as they do on a connection."""
+class AdMood(enum.Enum):
+    a = "a"
+    b = "b c"
 
-    fields = ReplicationOptions.__dataclass_fields__
-    assert "adapters" in fields, "ReplicationOptions has no 'adapters' option"
-    adapters = psycopg.adapt.AdaptersMap(psycopg.adapters)
-    adapters.register_loader("date", InfDateLoader)
-    adapters.register_loader("numeric", FloatLoader)  # psycopg's documented recipe
+
+AdPair = namedtuple("AdPair", "x y")
+
+
+def _register(context: Any, infos: dict[str, Any]) -> None:
+    """psycopg's documented registrations, on a connection or an AdaptersMap."""
+    context.adapters.register_loader("date", InfDateLoader)
+    context.adapters.register_loader("numeric", FloatLoader)
+    register_enum(
+        infos["ad_mood"], context, AdMood, mapping={m: m.value for m in AdMood}
+    )
+    register_composite(infos["ad_pair"], context, factory=AdPair)
+    if "hstore" in infos:
+        register_hstore(infos["hstore"], context)
+
+
+def test_loaders_registered_in_options_are_honoured(unl: Env) -> None:
+    """Loaders on ReplicationOptions.adapters apply to values, their arrays,
+    ranges and domains, as they do on a connection; so do enum, composite
+    and hstore registrations."""
+    assert "adapters" in ReplicationOptions.__dataclass_fields__, (
+        "ReplicationOptions has no 'adapters' option"
+    )
+    hstore = "hstore" in unl.extensions
     with psycopg.connect(unl.dsn, autocommit=True) as conn:
         conn.execute(
             "create domain dnum as numeric;"
-            "create table adapted (id int primary key, n numeric, na numeric[],"
-            " dn dnum, r numrange)"
+            "create type ad_mood as enum ('a', 'b c');"
+            "create type ad_pair as (x int, y text);"
+            + ("create extension if not exists hstore;" if hstore else "")
+            + "create table adapted (id int primary key, n numeric, na numeric[],"
+            " dn dnum, r numrange, m ad_mood, ma ad_mood[], p ad_pair, pa ad_pair[]"
+            + (", h hstore)" if hstore else ")")
         )
+        infos: dict[str, Any] = {
+            "ad_mood": EnumInfo.fetch(conn, "ad_mood"),
+            "ad_pair": CompositeInfo.fetch(conn, "ad_pair"),
+        }
+        if hstore:
+            infos["hstore"] = TypeInfo.fetch(conn, "hstore")
+    adapters = psycopg.adapt.AdaptersMap(psycopg.adapters)
+    _register(adapters, infos)
     manager = unl.manager("adapters", adapters=adapters)
-    stream = Stream(manager, "v-default+adapters")
+    stream = Stream(manager, "default+adapters")
     manager.start()
     try:
         manager.wait_active(timeout=30)
         oracle = Writer(unl.dsn)
-        oracle.conn.adapters.register_loader("date", InfDateLoader)
-        oracle.conn.adapters.register_loader("numeric", FloatLoader)
+        _register(oracle.conn, infos)
         try:
-            with oracle.tx("custom date loader") as t:
+            with oracle.tx("user-registered loaders") as t:
                 t.insert(
                     "ty_date",
                     "(v, note) values ('infinity', 'a'), ('-infinity', 'b'),"
@@ -207,14 +251,21 @@ def test_loaders_registered_in_options_are_honoured(unl: Env) -> None:
                 )
                 t.insert(
                     "adapted",
-                    "values (1, 1.50, '{2.5,NULL,NaN}', 3.25, '[1.5,2.5)')",
+                    "values (1, 1.50, '{2.5,NULL,NaN}', 3.25, '[1.5,2.5)', 'b c',"
+                    " '{a,\"b c\"}', row(1, 'x, \"y\"'), array[row(2, NULL)::ad_pair]"
+                    + (", 'k=>v, n=>NULL')" if hstore else ")"),
                 )
             exp = oracle.committed
         finally:
             oracle.close()
-        assert exp[0].changes[0].new is not None
-        assert exp[0].changes[0].new["v"] == dt.date.max  # the oracle used the loaders
-        assert isinstance(exp[0].changes[-1].new["n"], float)
+        new = exp[0].changes[-1].new
+        assert exp[0].changes[0].new is not None and new is not None
+        assert exp[0].changes[0].new["v"] == dt.date.max  # the oracle used them
+        assert (type(new["n"]), type(new["m"]), type(new["p"])) == (
+            float,
+            AdMood,
+            AdPair,
+        )
         _fail(check_one(stream, exp, 25.0))
     finally:
         manager.stop(timeout=10)
@@ -776,6 +827,49 @@ def test_resumed_stream_decodes_like_a_fresh_one(env: Env) -> None:
         assert s2.slots_created == []  # it resumed the slot, it did not create one
     finally:
         second.stop(timeout=10)
+
+
+def test_two_settings_in_one_process(env: Env) -> None:
+    """Loaders are bound to each stream's own session: a database with the
+    server's default settings, streamed in the same process next to this
+    setting's database, keeps its own time zone, styles and encoding."""
+    plain_dsn = create_database(env.cluster, "fid_plain", "utc")
+    ddl = (
+        "create table side (id int primary key, ts timestamptz, d date,"
+        " i interval, t text, j jsonb, b bytea)"
+    )
+    values = (
+        "values (1, '2024-11-03 05:00+00', '2024-02-29', '1 mon 2 days 03:00',"
+        " 'café', '{\"é\": 1.50}', '\\x00ff')"
+    )
+    with psycopg.connect(plain_dsn, autocommit=True) as conn:
+        conn.execute("create publication fid for all tables")
+        conn.execute(ddl)
+    plain = Manager(
+        plain_dsn,
+        stack_id="fid_plain",
+        pool={"size": 2},
+        replication={"slot_name": "fid_plain", "publication_name": "fid"},
+        timeline={"directory": str(env.tmp / "fid_plain")},
+    )
+    plain_stream = Stream(plain, "default, plain database")
+    plain.start()
+    try:
+        plain.wait_active(timeout=30)
+        env.writer.ddl(ddl)
+        with env.writer.tx("side by side: this setting") as t:
+            t.insert("side", values)
+        here = env.writer.committed[-1:]
+        other = Writer(plain_dsn)
+        try:
+            with other.tx("side by side: default settings") as t:
+                t.insert("side", values)
+        finally:
+            other.close()
+        _fail(check_one(plain_stream, other.committed, 25.0))
+        _fail(check_one(env.streams["default"], here, 25.0))
+    finally:
+        plain.stop(timeout=10)
 
 
 # --- slot creation --------------------------------------------------------------
