@@ -60,7 +60,7 @@ class ColumnType:
     oid: int  # the declared type (a domain's own oid)
     name: str  # format_type(), for messages
     base_oid: int  # the domain's base type, recursively (else oid)
-    domain_array_base: int | None  # for an array of domains: the base's array oid
+    domain_array_base: int | None  # (a domain over) an array of domains: its base array
     generated: bool  # a generated column, which the server does not publish
 
 
@@ -79,15 +79,16 @@ def column_types(
             where (select typtype from pg_type where oid = b.oid) <> 'd'
         )
         select a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod),
-               (select base from roots where root = a.atttypid),
+               r.base,
                case when el.typtype = 'd' then
-                   (select bt.typarray from roots r join pg_type bt on bt.oid = r.base
-                    where r.root = el.oid)
+                   (select et.typarray from roots er join pg_type et on et.oid = er.base
+                    where er.root = el.oid)
                end,
                a.attgenerated <> ''
         from pg_attribute a
-        join pg_type t on t.oid = a.atttypid
-        left join pg_type el on el.oid = t.typelem and t.typcategory = 'A'
+        join roots r on r.root = a.atttypid
+        join pg_type bt on bt.oid = r.base
+        left join pg_type el on el.oid = bt.typelem and bt.typcategory = 'A'
         where a.attrelid = %s::regclass and a.attnum > 0 and not a.attisdropped
         """,
         (sql.Identifier(schema, table).as_string(conn),),

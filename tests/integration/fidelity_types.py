@@ -63,6 +63,7 @@ SETUP = [
     "create domain d_ts as timestamptz",
     "create domain d_pair as pair",
     "create domain d_float as float8",
+    "create domain d_posint_array as posint[]",
     "create table fid_regclass_target (id int)",
 ]
 
@@ -305,6 +306,7 @@ TYPES: list[ColType] = [
     _t("dom_float", "d_float", "'NaN'", "'-0'"),
     _t("array_of_domain", "posint[]", "'{1,2,NULL}'"),
     _t("array_of_numeric_domain", "money2[]", "'{1.5,NULL}'"),
+    _t("domain_over_array_of_domain", "d_posint_array", "'{1,NULL}'"),
 ]
 
 BY_NAME = {t.name: t for t in TYPES}

@@ -384,6 +384,13 @@ def _schema_changes(w: Writer) -> None:
     )
     with w.tx("schema: after rename column, text -> jsonb") as t:
         t.insert("sch", "values (5, '{\"x\": 1}', 6.0)")
+    with w.tx("schema: a column added in a rolled-back savepoint") as t:
+        t.filler()
+        t.savepoint("ddl")
+        t.execute("alter table sch add column gone text default 'gone'")
+        t.insert("sch", "values (10, '10', 10, 'x')")
+        t.rollback_to("ddl")
+        t.insert("sch", "values (11, '11', 11)")
     with w.tx("schema: alter inside the transaction") as t:
         t.filler()  # streamed before the ALTER in streaming mode
         t.insert("sch", "values (6, 'null', 1)")
