@@ -121,7 +121,7 @@ class Env:
             self.dsn,
             stack_id=slot,
             pool={"size": 2},
-            backoff=Backoff("exp", min=0.05, max=0.5),
+            backoff=Backoff("exp", min=0.2, max=2.0),
             replication={
                 "slot_name": slot,
                 "publication_name": "fid",

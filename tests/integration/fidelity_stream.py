@@ -73,6 +73,7 @@ class Stream:
         self.slots_created: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.stalled: str | None = None
+        self._stalled_at = 0
         signals.transaction.connect(self._on_transaction, sender=manager)
         signals.message.connect(self._on_message, sender=manager)
         signals.slot_created.connect(self._on_slot_created, sender=manager)
@@ -98,12 +99,15 @@ class Stream:
             self.errors.append(f"{kw.get('role')}: {kw.get('error')!r}"[:400])
 
     def wait(self, xids: Sequence[int], label: str, timeout: float = 20.0) -> list[Any]:
-        """The delivered transactions with *xids*, once all arrived. After one
-        wait timed out, later waits give up after 3 s (the stream stalled)."""
-        if self.stalled:
-            timeout = 3.0
+        """The delivered transactions with *xids*, once all arrived. After a
+        wait timed out with nothing delivered since, later waits give up after
+        3 s (the stream stalled)."""
         wanted = [x & XID_MASK for x in xids]
         with self.cond:
+            if self.stalled and len(self.transactions) > self._stalled_at:
+                self.stalled = None  # it moved on: one transaction was missing
+            if self.stalled:
+                timeout = 3.0
             ok = self.cond.wait_for(
                 lambda: all(x in self.by_xid for x in wanted), timeout
             )
@@ -111,7 +115,8 @@ class Stream:
                 missing = [x for x in wanted if x not in self.by_xid]
                 errors = self.errors[-3:]
                 stalled = self.stalled
-                self.stalled = self.stalled or label
+                if not stalled:
+                    self.stalled, self._stalled_at = label, len(self.transactions)
                 raise AssertionError(
                     f"[{self.mode}] {label}: transactions {missing} not delivered"
                     f" within {timeout:g} s ({len(self.transactions)} delivered in all;"
