@@ -4,6 +4,7 @@ is written once and checked against every mode."""
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -67,6 +68,17 @@ def create_database(cluster: Cluster, name: str, variant: str) -> str:
     return cluster.dsn(dbname=name)
 
 
+class Warnings(logging.Handler):
+    """The library's warnings, as formatted messages."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 class Env:
     """A database of one variant, its writer and one `Stream` per mode."""
 
@@ -111,6 +123,8 @@ class Env:
                 "create publication fid for all tables"
             )
         self.writer = Writer(self.dsn)
+        self.warnings = Warnings()
+        logging.getLogger("pgsupervisor").addHandler(self.warnings)
         self.streams: dict[str, Stream] = {}
         self.managers: list[Manager] = []
         self._cache: dict[str, Any] = {}
@@ -145,6 +159,7 @@ class Env:
         for m in self.managers:
             m.stop(timeout=10)
         self.writer.close()
+        logging.getLogger("pgsupervisor").removeHandler(self.warnings)
 
     def once(self, key: str, produce: Callable[[], Any]) -> Any:
         """*produce()*'s result, computed on the first call (or its error,

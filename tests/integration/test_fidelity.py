@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import os
+import re
 from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,7 @@ from .fidelity_env import (
     create_database,
     env_for,
 )
-from .fidelity_oracle import column_types, load_rows, raw_value_class
+from .fidelity_oracle import Raw, column_types, load_rows, raw_value_class
 from .fidelity_stream import (
     ExpChange,
     Stream,
@@ -173,6 +174,26 @@ def test_after_unloadable_values_the_stream_goes_on(unl: Env, mode: str) -> None
     txs, _, _ = unl.delivered("unloadable", mode, _write_unloadable(unl))
     stream = unl.streams[mode]
     _fail(check_one(stream, txs[-1:], 1.0))
+
+
+@pytest.mark.parametrize("ctype", UNLOADABLE, ids=[t.name for t in UNLOADABLE])
+def test_unloadable_column_logged_once_per_stream(unl: Env, ctype: ColType) -> None:
+    for mode in MODE_IDS:
+        txs, _, _ = unl.delivered("unloadable", mode, _write_unloadable(unl))
+    word = re.compile(rf"\b{ctype.table}\b")
+    logged = [m for m in unl.warnings.messages if word.search(m)]
+    assert len(logged) <= len(MODE_IDS), (
+        f"{ctype.table}.v: {len(logged)} warnings from {len(MODE_IDS)} streams: {logged}"
+    )
+    surely_raw = any(
+        isinstance(value, Raw)
+        for tx in txs
+        for change in tx.changes
+        if change.table == ctype.table
+        for value in [*(change.new or {}).values(), *(change.old or {}).values()]
+    )
+    if surely_raw:
+        assert logged, f"{ctype.table}.v arrived as RawValue and nothing was logged"
 
 
 class InfDateLoader(DateLoader):
