@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from psycopg.types import TypeInfo
 from psycopg.types.composite import CompositeInfo, register_composite
 from psycopg.types.datetime import DateLoader
@@ -898,6 +899,56 @@ def test_two_settings_in_one_process(env: Env) -> None:
         _fail(check_one(env.streams["default"], here, 25.0))
     finally:
         plain.stop(timeout=10)
+
+
+SESSION_OPTIONS = {
+    "other_client_encoding": None,  # LATIN1 on a UTF-8 database, UTF8 on a LATIN1 one
+    "options": "-c TimeZone=Asia/Kolkata -c DateStyle=German -c IntervalStyle=sql_standard"
+    " -c extra_float_digits=0 -c bytea_output=escape",
+}
+
+
+@pytest.mark.parametrize("option", list(SESSION_OPTIONS))
+def test_session_settings_from_the_conninfo(env: Env, option: str) -> None:
+    """Settings a user puts in the conninfo shape what the walsender sends and
+    what SELECT returns on a connection made with the same conninfo."""
+    if option == "other_client_encoding":
+        extra = {"client_encoding": "LATIN1" if env.utf8 else "UTF8"}
+    else:
+        extra = {"options": SESSION_OPTIONS[option]}
+    dsn = make_conninfo(env.dsn, **extra)
+    table = f"conninfo_{option}"
+    env.writer.ddl(
+        f"create table {table} (id int primary key, ts timestamptz, d date,"
+        " i interval, f float8, t text, j jsonb, b bytea, tsr tstzrange, dd day)"
+    )
+    slot = f"fid_conninfo_{option}"
+    manager = Manager(
+        dsn,
+        stack_id=slot,
+        pool={"size": 2},
+        replication={"slot_name": slot, "publication_name": "fid"},
+        timeline={"directory": str(env.tmp / slot)},
+    )
+    stream = Stream(manager, f"default, conninfo {extra}")
+    manager.start()
+    try:
+        manager.wait_active(timeout=30)
+        oracle = Writer(dsn)
+        try:
+            with oracle.tx(f"conninfo {extra}") as t:
+                t.insert(
+                    table,
+                    "values (1, '2024-11-03 05:00+00', '2024-02-29', '1 mon 2 days 03:00',"
+                    " 1.0/3, 'café', '{\"é\": 1.50}', '\\x00ff',"
+                    " '[2024-01-01 00:00+00,2024-07-01 00:30+02)', '2024-02-29')",
+                )
+                t.update(table, "t = 'ça'", "id = 1")
+        finally:
+            oracle.close()
+        _fail(check_one(stream, oracle.committed, 25.0))
+    finally:
+        manager.stop(timeout=10)
 
 
 # --- slot creation --------------------------------------------------------------
