@@ -508,6 +508,7 @@ def _truncates(w: Writer) -> None:
         t.insert("tr_b", "values (1, 1)")
         t.insert("tr_c", "values (1, 'c')")
     with w.tx("truncate: three tables in one statement") as t:
+        t.filler()
         t.insert("tr_c", "values (2, 'gone')")
         t.truncate("tr_a", "tr_b", "tr_c")
         t.insert("tr_a", "values (3)")
@@ -569,9 +570,14 @@ def _empty(w: Writer) -> dict[str, Any]:
         e2 = t.exp
     with w.tx("empty: an update of no row") as t:
         t.execute("update fid_marker set label = 'x' where false")
+    with w.tx("empty: everything streamed, then rolled back to a savepoint") as t:
+        t.savepoint("all")
+        t.filler(150)
+        t.rollback_to("all")
+        e3 = t.exp
     with w.tx("after the empty transactions") as t:
         t.insert("fid_marker", "(label) values ('after empty')")
-    return {"empty": [e1, e2]}
+    return {"empty": [e1, e2, e3]}
 
 
 @pytest.mark.parametrize("mode", MODE_IDS)
@@ -608,6 +614,7 @@ def _messages(w: Writer) -> dict[str, Any]:
     with w.tx("messages: in a streamed transaction") as t:
         t.filler(150)
         t.message(True, "big", b"first")
+        lsns["nt-big"] = t.message(False, "nt-big", b"at once")
         t.filler(150)
         t.message(True, "big", b"second")
     return {"lsns": lsns}
@@ -623,12 +630,14 @@ def test_logical_messages(env: Env, mode: str) -> None:
         [("only", "é".encode())],
     )
     stream = env.streams[mode]
-    got = stream.wait_messages(2, timeout=5)
+    got = stream.wait_messages(3, timeout=5)
     seen = [(m.get("prefix"), m.get("content")) for m in got]
-    assert seen == [("nt", b"x\x00y"), ("nt-rb", b"kept anyway")], (
-        f"[{mode}] non-transactional messages through signals.message: {got!r}"
-    )
-    for m, key in zip(got, ("nt", "nt-rb"), strict=True):
+    assert seen == [
+        ("nt", b"x\x00y"),
+        ("nt-rb", b"kept anyway"),
+        ("nt-big", b"at once"),
+    ], f"[{mode}] non-transactional messages through signals.message: {got!r}"
+    for m, key in zip(got, ("nt", "nt-rb", "nt-big"), strict=True):
         assert isinstance(m.get("lsn"), int) and 0 < m["lsn"] <= extra["lsns"][key], m
 
 
