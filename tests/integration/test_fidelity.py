@@ -18,6 +18,7 @@ import os
 import re
 from collections import namedtuple
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,12 @@ from .fidelity_env import (
     CLUSTER_SETTINGS,
     MODES,
     VARIANTS,
+    WAIT,
     Env,
     create_database,
     env_for,
 )
-from .fidelity_oracle import Raw, column_types, load_rows, raw_value_class
+from .fidelity_oracle import AnyOf, Raw, column_types, load_rows, raw_value_class
 from .fidelity_stream import (
     ExpChange,
     Stream,
@@ -126,6 +128,14 @@ def test_type(env: Env, mode: str, ctype: ColType) -> None:
     if ctype not in env.types:
         pytest.skip(f"extension {ctype.needs} is not installed on this server")
     _, _, errors = env.delivered("types", mode, _write_types(env), only=ctype.table)
+    _fail(errors)
+
+
+@pytest.mark.parametrize("mode", MODE_IDS)
+def test_type_matrix_transactions_whole(env: Env, mode: str) -> None:
+    """The type matrix's transactions as a whole: every change in order,
+    the filler rows included, nothing more."""
+    _, _, errors = env.delivered("types", mode, _write_types(env))
     _fail(errors)
 
 
@@ -796,41 +806,87 @@ def test_transaction_origin(env: Env, mode: str) -> None:
 # --- user types created while streaming -----------------------------------------
 
 
-def _late_types(w: Writer) -> None:
-    w.ddl(
-        "create domain late_num as numeric(8,3)",
-        "create type late_mood as enum ('x', 'y')",
-        "create type late_pair as (p int, q text)",
-        "create domain late_json as jsonb",
-        "create table late (id int primary key, n late_num, m late_mood,"
-        " p late_pair, ma late_mood[], j late_json, nr late_num[])",
-    )
-    with w.tx("late types: created after the stream started") as t:
-        t.insert(
-            "late",
-            "values (1, 1.5, 'x', row(1, 'a b'), '{x,y}', '{\"a\": 1.10}', '{1.5,NULL}')",
+def _late_types(env: Env) -> Any:
+    def write(w: Writer) -> None:
+        w.ddl(
+            "create domain late_num as numeric(8,3)",
+            "create type late_mood as enum ('x', 'y')",
+            "create type late_pair as (p int, q text)",
+            "create domain late_json as jsonb",
+            "create table late (id int primary key, n late_num, m late_mood,"
+            " p late_pair, ma late_mood[], j late_json, nr late_num[])",
         )
-    w.ddl("alter type late_mood add value 'z'")
-    with w.tx("late types: enum value added") as t:
-        t.insert("late", "values (2, -0.001, 'z', NULL, '{z}', 'null', '{}')")
-    w.ddl(
-        "drop table late",
-        "drop domain late_num",
-        "create domain late_num as text",
-        "create table late (id int primary key, n late_num)",
-    )
-    with w.tx("late types: same name, new base type") as t:
-        t.insert("late", "values (3, 'not a number')")
-    with w.tx("late types: created in the writing transaction") as t:
-        t.execute("create domain late_day as date")
-        t.execute("create table late2 (id int primary key, d late_day, n late_num)")
-        t.insert("late2", "values (1, '2024-02-29', '1.0')")
+        with w.tx("late types: created after the stream started") as t:
+            t.insert(
+                "late",
+                "values (1, 1.5, 'x', row(1, 'a b'), '{x,y}', '{\"a\": 1.10}', '{1.5,NULL}')",
+            )
+        w.ddl("alter type late_mood add value 'z'")
+        with w.tx("late types: enum value added") as t:
+            t.insert("late", "values (2, -0.001, 'z', NULL, '{z}', 'null', '{}')")
+        # dropping a type before the stream decoded its rows is a case of its
+        # own (test_domain_dropped_before_the_stream_decoded_it)
+        for stream in env.streams.values():
+            stream.wait([w.committed[-1].xid or 0], "late types: before the drop", WAIT)
+        w.ddl(
+            "drop table late",
+            "drop domain late_num",
+            "create domain late_num as text",
+            "create table late (id int primary key, n late_num)",
+        )
+        with w.tx("late types: same name, new base type") as t:
+            t.insert("late", "values (3, 'not a number')")
+        with w.tx("late types: created in the writing transaction") as t:
+            t.execute("create domain late_day as date")
+            t.execute("create table late2 (id int primary key, d late_day, n late_num)")
+            t.insert("late2", "values (1, '2024-02-29', '1.0')")
+
+    return write
 
 
 @pytest.mark.parametrize("mode", MODE_IDS)
 def test_user_types_created_while_streaming(env: Env, mode: str) -> None:
-    _, _, errors = env.delivered("late types", mode, _late_types)
+    _, _, errors = env.delivered("late types", mode, _late_types(env))
     _fail(errors)
+
+
+def test_domain_dropped_before_the_stream_decoded_it(env: Env) -> None:
+    """Rows written while no stream ran, whose domain was then dropped and its
+    name reused for another base type (a migration during a deploy): the value
+    is the base type's (ideal) or the text the server sent (the catalog no
+    longer knows the domain), never loaded with the new type's loader."""
+    w = env.writer
+    manager = env.manager("dropped")
+    manager.start()
+    try:
+        manager.wait_active(timeout=30)
+    finally:
+        manager.stop(timeout=10)  # the slot exists; nothing streams now
+    w.ddl(
+        "create domain gone_num as numeric(8,3)",
+        "create table gone (id int primary key, n gone_num, na gone_num[])",
+    )
+    with w.tx("a domain dropped before it was decoded") as t:
+        (row,) = t.insert("gone", "values (1, 1.5, '{2.5}')")
+    exp = w.committed[-1]
+    w.ddl(
+        "alter table gone alter column n type numeric, alter column na type numeric[]",
+        "drop domain gone_num",
+        "create domain gone_num as int",
+    )
+    assert exp.changes[0].new is not None
+    exp.changes[0].new["n"] = AnyOf((row["n"], "1.500"), "domain dropped")
+    exp.changes[0].new["na"] = AnyOf(
+        (row["na"], "{2.500}", [Decimal("2.500")]), "domain dropped"
+    )
+    again = env.manager("dropped")
+    stream = Stream(again, "default, domain dropped")
+    again.start()
+    try:
+        again.wait_active(timeout=30)
+        _fail(check_one(stream, [exp], WAIT))
+    finally:
+        again.stop(timeout=10)
 
 
 def test_resumed_stream_decodes_like_a_fresh_one(env: Env) -> None:
