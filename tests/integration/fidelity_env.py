@@ -104,7 +104,7 @@ class Env:
             if "hstore" in self.extensions:
                 conn.execute("create extension hstore")
             for statement in setup:
-                conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute(statement)
             self.types = [
                 t for t in types if t.needs is None or t.needs in self.extensions
             ]

@@ -338,7 +338,7 @@ class Writer:
     def ddl(self, *statements: str) -> None:
         with self.conn.transaction():
             for s in statements:
-                self.conn.execute(s)  # type: ignore[arg-type]
+                self.conn.execute(s)
         self.conn.commit()
 
     @contextmanager

@@ -966,8 +966,8 @@ def test_two_settings_in_one_process(env: Env) -> None:
         plain.stop(timeout=10)
 
 
-SESSION_OPTIONS = {
-    "other_client_encoding": None,  # LATIN1 on a UTF-8 database, UTF8 on a LATIN1 one
+SESSION_OPTIONS: dict[str, str] = {
+    "other_client_encoding": "",  # LATIN1 on a UTF-8 database, UTF8 on a LATIN1 one
     "options": "-c TimeZone=Asia/Kolkata -c DateStyle=German -c IntervalStyle=sql_standard"
     " -c extra_float_digits=0 -c bytea_output=escape",
 }
