@@ -423,6 +423,15 @@ def _schema_changes(w: Writer) -> None:
         t.insert("sch", "values (10, '10', 10, 'x')")
         t.rollback_to("ddl")
         t.insert("sch", "values (11, '11', 11)")
+    with w.tx(
+        "schema: a streamed transaction that altered the table", commit=False
+    ) as t:
+        t.filler()
+        t.execute("alter table sch add column aborted int default 7")
+        t.insert("sch", "values (12, '12', 12, 12)")
+        t.filler()
+    with w.tx("schema: the old shape after the aborted alter") as t:
+        t.insert("sch", "values (13, '13', 13)")
     with w.tx("schema: alter inside the transaction") as t:
         t.filler()  # streamed before the ALTER in streaming mode
         t.insert("sch", "values (6, 'null', 1)")
