@@ -223,7 +223,6 @@ _FLOAT_SPECIAL = {
     "+inf": math.inf,
     "-inf": -math.inf,
 }
-_DATE_RE = re.compile(r"\s*(\d{4})-(\d\d)-(\d\d)\s*\Z")
 _TS_RE = re.compile(
     r"\s*(\d{4})-(\d\d)-(\d\d)(?:[ Tt](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)?)?"
     r"\s*(Z|z|UTC|[+-]\d\d(?::?\d\d)?)?\s*\Z"
@@ -272,13 +271,17 @@ def parse_float(kind: Kind, s: str) -> float:
     return value
 
 
-def parse_timestamp(kind: Kind, s: str) -> dt.datetime:
+_FORMS = {"date": "YYYY-MM-DD", "timestamp with time zone": "YYYY-MM-DD HH:MM:SS+HH"}
+
+
+def parse_timestamp(kind: Kind, s: str, what: str = "") -> dt.datetime:
+    """ISO 8601 input (what the server prints with DateStyle ISO); a date's
+    time part and a timestamp's zone are ignored, as the server does."""
     m = _TS_RE.match(s)
     if not m:
-        raise PgValueError(
-            f"cannot read {kind.value} {s!r}: write it as 'YYYY-MM-DD HH:MM:SS'"
-            + ("+HH:MM" if kind is Kind.TIMESTAMPTZ else "")
-        )
+        what = what or kind.value
+        form = _FORMS.get(what, "YYYY-MM-DD HH:MM:SS")
+        raise PgValueError(f"cannot read {what} {s!r}: write it as '{form}'")
     y, mo, d, h, mi, sec, frac, zone = m.groups()
     try:
         value = dt.datetime(
@@ -291,7 +294,8 @@ def parse_timestamp(kind: Kind, s: str) -> dt.datetime:
             int((frac or "0").ljust(6, "0")),
         )
     except ValueError as exc:
-        raise PgValueError(f"{kind.value} {s!r} is out of range: {exc}") from None
+        what = what or kind.value
+        raise PgValueError(f"{what} {s!r} is out of range: {exc}") from None
     if kind is Kind.TIMESTAMP:
         return value
     if zone is None:
@@ -330,13 +334,7 @@ def parse_input(t: PgType, s: str) -> Any:
     if k in STRINGS or k is Kind.UNKNOWN:
         return s
     if k is Kind.DATE:
-        m = _DATE_RE.match(s)
-        if not m:
-            raise PgValueError(f"cannot read date {s!r}: write it as 'YYYY-MM-DD'")
-        try:
-            return dt.date(int(m[1]), int(m[2]), int(m[3]))
-        except ValueError as exc:
-            raise PgValueError(f"date {s!r} is out of range: {exc}") from None
+        return parse_timestamp(Kind.TIMESTAMP, s, what="date").date()
     if k in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
         return parse_timestamp(k, s)
     if k is Kind.UUID:
