@@ -139,7 +139,7 @@ def describe_table(conn: psycopg.Connection[Any], table: str) -> TableInfo:
     with conn.transaction(), conn.cursor() as cur:
         try:
             found = cur.execute(_TABLE, (table,)).fetchone()
-        except psycopg.errors.InvalidName as exc:
+        except (psycopg.errors.InvalidName, psycopg.errors.SyntaxError) as exc:
             raise ShapeError(f"invalid table name {table!r}: {exc}") from None
         if found is None:
             raise ShapeError(

@@ -85,9 +85,14 @@ class PgType:
     sql: str
     """Schema-qualified name without modifiers, for casts in generated SQL."""
     labels: tuple[str, ...] | None = None
+    domain: str | None = None
+    """For a domain over an enum: its name. The server finds no operator for
+    such a column until it is cast to the enum."""
 
     @property
     def name(self) -> str:
+        if self.domain:
+            return self.domain
         return self.sql if self.kind is Kind.ENUM else self.kind.value
 
     def __str__(self) -> str:
@@ -532,7 +537,7 @@ def cast_fn(src: PgType, dst: PgType) -> Callable[[Any], Any] | None:
         return _datetime_date
     if s is Kind.DATE and d is Kind.TIMESTAMP:
         return _date_datetime
-    if s is Kind.ENUM and d in (Kind.TEXT, Kind.VARCHAR):
+    if s is Kind.ENUM and (d in (Kind.TEXT, Kind.VARCHAR) or src.sql == dst.sql):
         return _same
     if s is Kind.BOOL and d is Kind.INT4:
         return int

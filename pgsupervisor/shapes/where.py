@@ -27,6 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 import pglast
+import psycopg
 from pglast import ast, enums
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
@@ -149,6 +150,20 @@ class Where:
         cast to their type. It contains no placeholders: run it without
         parameters (a ``%`` in it is a ``%`` of the clause)."""
         return sql.SQL(self._sql)
+
+    def validate(self, conn: psycopg.Connection[Any]) -> None:
+        """Have the server plan the clause on the table (``EXPLAIN``): raises
+        `ShapeError` with the server's words if it rejects it."""
+        table = sql.Identifier(self.table.schema, self.table.name)
+        query = sql.SQL("EXPLAIN SELECT FROM {} WHERE ").format(table) + self.to_sql()
+        try:
+            with conn.transaction():
+                conn.execute(query)
+        except psycopg.Error as exc:
+            raise ShapeError(
+                f"the server rejects WHERE {self.text} on "
+                f"{self.table.qualified_name}: {exc}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"<Where {self.text or 'TRUE'} on {self.table.qualified_name}>"
@@ -347,6 +362,8 @@ class _Compiler:
                 "precision, boolean, text, varchar, char, date, timestamp, "
                 "timestamptz, uuid, enums, and domains over them)"
             )
+        if t.kind is Kind.ENUM and col.type_oid != col.base_type_oid:
+            t = replace(t, domain=col.type_name)
         self.used_columns.add(name)
         read = T.row_reader(t)
         fn: Eval
@@ -638,6 +655,13 @@ class _Compiler:
     def comparison_type(self, lt: PgType, rt: PgType, node: Any) -> PgType:
         """The operand type of PostgreSQL's chosen comparison operator."""
         lk, rk = lt.kind, rt.kind
+        domain = lt.domain or rt.domain
+        if domain:
+            raise ShapeError(
+                f"operator does not exist for the domain {domain} over an enum: "
+                f"{_sql_of(node)}; PostgreSQL needs the column cast to the enum "
+                f"(column::{(lt if lt.domain else rt).sql})"
+            )
         if lk is Kind.UNKNOWN and rk is Kind.UNKNOWN:
             return T.TEXT
         if lk is Kind.UNKNOWN:
