@@ -653,3 +653,24 @@ def test_validate_reports_what_the_server_rejects(
     renamed = TableInfo(**{**info.__dict__, "name": "gone"})
     with pytest.raises(ShapeError, match=r'relation "public\.gone" does not exist'):
         compile_where("i4 = 1", None, renamed).validate(where_db)
+
+
+def test_readme_block_runs(app_dsn: str) -> None:
+    from .test_readme import run_block
+
+    with psycopg.connect(app_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric)"
+        )
+    ns = run_block("Shape WHERE clauses", app_dsn)
+    where = ns["where"]
+    try:
+        assert where.matches({"status": "open", "total": Decimal("120.00")})
+        assert not where.matches({"status": "open", "total": Decimal("100")})
+        assert where.columns == {"status", "total"}
+        assert where.equalities == {"status": "open"}
+        assert where.to_sql().as_string(ns["conn"]) == (
+            "status = CAST('open' AS pg_catalog.text) AND total > 100"
+        )
+    finally:
+        ns["conn"].close()
