@@ -19,8 +19,10 @@ Two decisions where the server raises an error:
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -113,16 +115,14 @@ class Where:
 
     def __init__(
         self,
-        text: str,
+        stmt: Any,
         *,
         fn: Eval | None,
         columns: frozenset[str],
         equalities: dict[str, Any],
-        sql_text: str,
+        param_nodes: dict[int, Any],
         table: TableInfo,
     ):
-        self.text = text
-        """The clause as PostgreSQL's deparser prints it ('' for none)."""
         self.columns = columns
         """The columns the clause reads."""
         self.equalities = equalities
@@ -130,7 +130,31 @@ class Where:
         values: a row whose value for that column differs cannot match."""
         self.table = table
         self._fn = fn
-        self._sql = sql_text
+        # Printing is the slow part of compiling: done once, when first asked.
+        self._stmt = stmt
+        self._param_nodes = param_nodes
+        self._printed: tuple[str, str] | None = None
+        self._lock = threading.Lock()
+
+    def _print(self) -> tuple[str, str]:
+        with self._lock:
+            if self._printed is None:
+                if self._stmt is None:
+                    self._printed = ("", "true")
+                else:
+                    text = _sql_of(self._stmt.whereClause)
+                    inlined = text
+                    if self._param_nodes:
+                        _InlineParams(self._param_nodes)(self._stmt)
+                        inlined = _sql_of(self._stmt.whereClause)
+                    self._printed = (text, inlined)
+                    self._stmt = None
+            return self._printed
+
+    @property
+    def text(self) -> str:
+        """The clause as PostgreSQL's deparser prints it ('' for none)."""
+        return self._print()[0]
 
     def matches(self, row: Row) -> bool:
         """True when the clause is TRUE for *row* (NULL counts as no match).
@@ -149,7 +173,7 @@ class Where:
         """The clause for the snapshot query, parameters inlined as literals
         cast to their type. It contains no placeholders: run it without
         parameters (a ``%`` in it is a ``%`` of the clause)."""
-        return sql.SQL(self._sql)
+        return sql.SQL(self._print()[1])
 
     def validate(self, conn: psycopg.Connection[Any]) -> None:
         """Have the server plan the clause on the table (``EXPLAIN``): raises
@@ -178,28 +202,26 @@ def compile_where(
         if params:
             raise ShapeError("parameters given, but no WHERE clause uses them")
         return Where(
-            "",
+            None,
             fn=None,
             columns=frozenset(),
             equalities={},
-            sql_text="true",
+            param_nodes={},
             table=table,
         )
-    node = _parse(where)
+    stmt = _parse(where)
     compiler = _Compiler(table, list(params or ()))
-    expr = compiler.boolean(compiler.expr(node), "argument of WHERE")
+    expr = compiler.boolean(compiler.expr(stmt.whereClause), "argument of WHERE")
     compiler.finish()
     fn = expr.fn
     if expr.const:
         fn = _const_fn(expr.value())
-    text = _sql_of(node)
-    sql_text = _sql_of(compiler.inline_params(node))
     return Where(
-        text,
+        stmt,
         fn=fn,
         columns=frozenset(compiler.used_columns),
         equalities=compiler.equalities,
-        sql_text=sql_text,
+        param_nodes=compiler.param_nodes(),
         table=table,
     )
 
@@ -230,7 +252,7 @@ def _parse(where: str) -> Any:
             f"WHERE {where!r} is not a single boolean expression "
             "(write only what follows WHERE)"
         )
-    return stmt.whereClause
+    return stmt
 
 
 class _InlineParams(Visitor):
@@ -275,9 +297,8 @@ class _Compiler:
                     f"parameter ${n} is given but the WHERE clause does not use it"
                 )
 
-    def inline_params(self, node: Any) -> Any:
-        if not self.param_types:
-            return node
+    def param_nodes(self) -> dict[int, Any]:
+        """``CAST('text' AS type)`` for each parameter, to inline them."""
         nodes = {}
         for n, t in self.param_types.items():
             v = self.param_values[n]
@@ -286,10 +307,10 @@ class _Compiler:
                 if v is None
                 else ast.A_Const(isnull=False, val=ast.String(T.to_text(t, v)))
             )
-            nodes[n] = ast.TypeCast(arg=const, typeName=_type_name_node(t.sql))
-        copy: Any = pglast.parse_sql(f"SELECT FROM _t WHERE {_sql_of(node)}")[0].stmt
-        _InlineParams(nodes)(copy)
-        return copy.whereClause
+            names = tuple(ast.String(name) for name in _type_names(t.sql))
+            type_name = ast.TypeName(names=names, typemod=-1)
+            nodes[n] = ast.TypeCast(arg=const, typeName=type_name)
+        return nodes
 
     # --- dispatch -------------------------------------------------------------
 
@@ -1036,10 +1057,7 @@ def _column_type(
     return T.BUILTIN_BY_OID.get(oid)
 
 
-def _type_name_node(sql_name: str) -> Any:
-    stmt: Any = pglast.parse_sql(f"SELECT NULL::{sql_name}")[0].stmt
-    return stmt.targetList[0].val.typeName
-
-
+@functools.cache
 def _type_names(sql_name: str) -> tuple[str, ...]:
-    return tuple(n.sval for n in _type_name_node(sql_name).names)
+    stmt: Any = pglast.parse_sql(f"SELECT NULL::{sql_name}")[0].stmt
+    return tuple(n.sval for n in stmt.targetList[0].val.typeName.names)

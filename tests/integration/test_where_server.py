@@ -56,6 +56,18 @@ COLUMNS = {
 }
 CATEGORY = {col: cat for cat, cols in COLUMNS.items() for col in cols}
 NUMERIC_CATS = ("int", "numeric", "float")
+# Casts of columns that keep them in their category (the evaluator's list).
+COLUMN_CASTS = {
+    "i2": ["int8", "numeric", "int4"],
+    "i4": ["numeric", "int2", "float8", "real"],
+    "i8": ["int4", "numeric", "float8"],
+    "n": ["int4", "float8", "real", "numeric(6,2)", "int8"],
+    "f4": ["float8", "numeric", "int4"],
+    "f8": ["real", "int8", "numeric"],
+    "t": ["varchar(3)", "char(3)"],
+    "vc": ["text", "char(2)"],
+    "c": ["text", "varchar"],
+}
 
 # --- values -------------------------------------------------------------------
 
@@ -175,6 +187,14 @@ def quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
+CONSTANT_CASTS = {
+    "int": ["int2", "int8", "numeric", "real", "float8"],
+    "numeric": ["numeric(5,1)", "int4", "real", "float8"],
+    "float": ["real", "float8", "numeric", "int8"],
+    "text": ["varchar(2)", "char(3)", "text", "bpchar"],
+}
+
+
 def literal(col: str, v: Any) -> str:
     """*v* as SQL text for a constant compared with column *col*."""
     cat = CATEGORY[col]
@@ -215,6 +235,9 @@ class Clause:
         if choice <= 2:
             self.add_param(v if draw(st.booleans()) else as_text(v))
             return f"${len(self.params)}"
+        if choice == 4 and cat in ("numeric", "float", "int", "text"):
+            cast = draw(st.sampled_from(CONSTANT_CASTS[cat]))
+            return f"{literal(other, v)}::{cast}"
         if choice == 3 and cat in ("date", "numeric", "float", "int"):
             typename = {
                 "date": "date",
@@ -236,10 +259,12 @@ class Clause:
     def operand(self, draw: st.DrawFn, col: str) -> str:
         """Column *col*, possibly inside arithmetic."""
         cat = CATEGORY[col]
-        pick = draw(st.integers(0, 7))
+        pick = draw(st.integers(0, 9))
         if cat in NUMERIC_CATS and pick == 0:
             op = draw(st.sampled_from(["+", "-", "*"]))
             other = draw(st.sampled_from(COLUMNS["int"] + ["n", "f8", "f4"]))
+            if draw(st.booleans()):
+                other = self.operand(draw, other)
             return f"({col} {op} {other})"
         if cat in NUMERIC_CATS and pick == 1:
             op = draw(st.sampled_from(["+", "-", "*", "/", "%"]))
@@ -255,6 +280,8 @@ class Clause:
             return "d"
         if cat == "text" and pick == 0:
             return f'{col} COLLATE "C"'
+        if pick == 3 and col in COLUMN_CASTS:
+            return f"{col}::{draw(st.sampled_from(COLUMN_CASTS[col]))}"
         return col
 
 
@@ -383,13 +410,6 @@ def server_ids(
         return exc
 
 
-def evaluator_ids(where: Any, loaded: list[dict[str, Any]]) -> set[int] | Exception:
-    try:
-        return {row["id"] for row in loaded if where.matches(row)}
-    except WhereEvaluationError as exc:
-        return exc
-
-
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -429,20 +449,39 @@ def check_against_server(
             STATS["refused but the server answered"] += 1
             assert acceptable_refusal(str(exc)), f"refused {text!r} {params!r}: {exc}"
         return
-    if isinstance(expected, Exception):
-        if isinstance(expected, psycopg.DataError):
-            STATS["server raised a data error"] += 1
-            got = evaluator_ids(where, loaded)
-            assert isinstance(got, Exception), (
-                f"server raised {expected!r} for {text!r} {params!r}; evaluator: {got}"
-            )
-            return
+    if isinstance(expected, Exception) and not isinstance(expected, psycopg.DataError):
         raise AssertionError(
             f"server rejected {text!r} {params!r} ({expected!r}) but compile_where accepted it"
         )
-    got = evaluator_ids(where, loaded)
-    if isinstance(got, Exception):
-        STATS["evaluator raised, server short-circuited"] += 1
+    # Row by row, the clause as a SELECT-list expression: the server evaluates
+    # it as written (a WHERE's conjuncts may be reordered by cost), so where
+    # it raises an error the evaluator must raise too.
+    raised = False
+    got = set()
+    for row in loaded:
+        server = server_value(conn, text, params, row["id"])
+        try:
+            mine: bool | Exception = where.matches(row)
+        except WhereEvaluationError as exc:
+            mine = exc
+        context = f"WHERE {text} params={params!r} row={row}"
+        if isinstance(server, Exception):
+            assert isinstance(server, psycopg.DataError), f"{context}: {server!r}"
+            assert isinstance(mine, WhereEvaluationError), (
+                f"{context}: the server raised {server!r}, the evaluator gave {mine}"
+            )
+            STATS["rows on which both raised"] += 1
+            raised = True
+            continue
+        assert not isinstance(mine, Exception), f"{context}: {mine!r}, server {server}"
+        assert mine == (server is True), f"{context}: evaluator {mine}, server {server}"
+        STATS["rows compared"] += 1
+        if mine:
+            got.add(row["id"])
+    if isinstance(expected, Exception):
+        STATS["WHERE raised on the server (conjuncts reordered)"] += 1
+        return
+    if raised:
         return
     STATS["compared"] += 1
     assert got == expected, (
@@ -452,6 +491,25 @@ def check_against_server(
     assert inlined == expected, (
         f"to_sql() {where.to_sql().as_string(conn)} gave {inlined}, server {expected}"
     )
+
+
+def server_value(
+    conn: psycopg.Connection[Any], text: str, params: list[Any], row_id: int
+) -> bool | Exception | None:
+    query = f"SELECT ({text}) FROM t WHERE id = {row_id}"
+    args: dict[str, Any] | None = None
+    if params:
+        query = query.replace("%", "%%")
+        for n in range(len(params), 0, -1):
+            query = query.replace(f"${n}", f"%(p{n})s")
+        args = {f"p{n}": as_text(v) for n, v in enumerate(params, 1)}
+    try:
+        with conn.transaction():
+            found = conn.execute(query, args).fetchone()
+    except psycopg.Error as exc:
+        return exc
+    assert found is not None
+    return found[0]  # type: ignore[no-any-return]
 
 
 _TABLE: dict[int, TableInfo] = {}
