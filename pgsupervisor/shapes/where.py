@@ -99,6 +99,14 @@ def _identity(v: Any) -> Any:
     return v
 
 
+def _after(first: Eval, v: Any) -> Eval:
+    def fn(row: Row) -> Any:
+        first(row)
+        return v
+
+    return fn
+
+
 def _sql_of(node: Any) -> str:
     try:
         return str(RawStream()(node))
@@ -499,7 +507,11 @@ class _Compiler:
         node: Any,
         coll: _Coll | None = None,
     ) -> _Expr:
-        """A strict function of *args* (NULL in, NULL out), folded if constant."""
+        """A strict function of *args* (NULL in, NULL out), folded if constant.
+        A constant NULL argument makes it NULL without evaluating the others,
+        as the planner's constant folding does."""
+        if any(a.const and a.value() is None for a in args):
+            return _Expr(t, _const_fn(None), True, node, coll=coll)
         fns = [a.fn for a in args]
         fn: Eval
         if len(fns) == 1:
@@ -780,13 +792,22 @@ class _Compiler:
         left = self.expr(node.lexpr)
         items = [self.expr(x) for x in node.rexpr]
         consts = [i for i in items if i.const]
-        if len(consts) > 1:
-            common = _common_type([left.type] + [c.type for c in consts])
-            if common is not None:
-                consts_coerced = {id(c): self.coerce(c, common) for c in consts}
-                items = [consts_coerced.get(id(i), i) for i in items]
-        tests = [self.compare(op, left, i, node) for i in items]
-        return self._bool_chain(tests, node, any_true=(op == "="))
+        any_true = op == "="
+        tests = []
+        common = _common_type([left.type] + [c.type for c in consts])
+        if len(consts) > 1 and common is not None:
+            # One ScalarArrayOpExpr over the constants in their common type:
+            # the server evaluates its left side even if the list is all NULL.
+            group = [
+                self.compare(op, left, self.coerce(c, common), node) for c in consts
+            ]
+            array = self._bool_chain(group, node, any_true)
+            if not left.const and array.const:  # all NULL: still reads the left
+                array = _Expr(T.BOOL, _after(left.fn, array.value()), False, node)
+            tests.append(array)
+            items = [i for i in items if not i.const]
+        tests += [self.compare(op, left, i, node) for i in items]
+        return self._bool_chain(tests, node, any_true)
 
     def between(self, node: Any, kind: Any) -> _Expr:
         K = enums.A_Expr_Kind
@@ -937,9 +958,16 @@ class _Compiler:
         return self._bool_chain(args, node, any_true=not is_and)
 
     def _bool_chain(self, args: list[_Expr], node: Any, any_true: bool) -> _Expr:
-        """OR (*any_true*) or AND of *args*, left to right, three-valued."""
-        fns = tuple(a.fn for a in args)
+        """OR (*any_true*) or AND of *args*, left to right, three-valued.
+        Constants are folded first, as the planner does: a constant TRUE in an
+        OR (FALSE in an AND) decides without evaluating the rest."""
         decisive = any_true
+        if any(a.const and a.value() is decisive for a in args):
+            return _Expr(T.BOOL, _const_fn(decisive), True, node)
+        args = [a for a in args if not (a.const and a.value() is (not decisive))]
+        if not args:
+            return _Expr(T.BOOL, _const_fn(not decisive), True, node)
+        fns = tuple(a.fn for a in args)
 
         def fn(row: Row) -> bool | None:
             unknown = False

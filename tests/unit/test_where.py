@@ -357,6 +357,24 @@ def test_overflow_raises_where_the_server_would(
         match(where, row)
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        "(-i8) = NULL",  # a strict operator with a NULL constant folds to NULL
+        "(i8 * 2 > 0) IS NULL OR true",  # a constant TRUE decides an OR
+        "NOT (false AND -i8 > 0)",
+        "-i8 IN (NULL)",
+    ],
+)
+def test_constant_folding_skips_what_the_planner_skips(where: str) -> None:
+    compile_where(where, None, TABLE).matches({"i8": -(2**63)})
+
+
+def test_in_list_of_constants_still_reads_its_left_side() -> None:
+    with pytest.raises(WhereEvaluationError, match="bigint out of range"):
+        match("-i8 IN (NULL, NULL)", {"i8": -(2**63)})
+
+
 def test_overflow_in_a_constant_is_refused() -> None:
     assert "integer out of range" in refused("i4 = 2147483647 + 1")
 
