@@ -198,7 +198,7 @@ def f4_exact(x: Fraction) -> float:
         e -= 1
     e = max(e, -149)
     m = round(a / Fraction(2) ** e)
-    value = math.ldexp(m, e) if m.bit_length() + e < 1100 else math.inf
+    value = math.ldexp(m, e) if m.bit_length() + e <= 129 else math.inf
     if value > FLT_MAX:
         value = math.inf
     return value if x > 0 else -value

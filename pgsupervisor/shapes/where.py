@@ -46,6 +46,7 @@ Row = Mapping[str, Any]
 Eval = Callable[[Row], Any]
 
 _C_COLLATIONS = {"C", "POSIX", "ucs_basic"}
+_SYSTEM_COLUMNS = {"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"}
 _COMPARISONS = {
     "=": operator.eq,
     "<>": operator.ne,
@@ -377,6 +378,11 @@ class _Compiler:
             )
         name = names[-1]
         assert name is not None
+        if name in _SYSTEM_COLUMNS:
+            raise ShapeError(
+                f'system column "{name}" in WHERE: the rows a shape follows carry '
+                "only the table's own columns"
+            )
         if name not in table.columns:
             raise ShapeError(
                 f'column "{name}" does not exist in {table.qualified_name} '
