@@ -339,7 +339,7 @@ def parse_input(t: PgType, s: str) -> Any:
     if k in STRINGS or k is Kind.UNKNOWN:
         return s
     if k is Kind.DATE:
-        return parse_timestamp(Kind.TIMESTAMP, s, what="date").date()
+        return parse_timestamp(Kind.TIMESTAMP, s, what="date").toordinal()
     if k in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
         return parse_timestamp(k, s)
     if k is Kind.UUID:
@@ -367,7 +367,9 @@ def to_text(t: PgType, v: Any) -> str:
         return "true" if v else "false"
     if k in FLOATS:
         return repr(v)
-    if k in (Kind.DATE, Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
+    if k is Kind.DATE:
+        return ordinal_date(v).isoformat()
+    if k in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
         return str(v.isoformat())
     return str(v)
 
@@ -394,7 +396,7 @@ def from_python(t: PgType, v: Any) -> Any:
             return v
     elif isinstance(v, dt.date):
         if k is Kind.DATE:
-            return v
+            return v.toordinal()
     elif isinstance(v, uuid.UUID) and k is Kind.UUID:
         return v
     raise PgValueError(f"a Python {type(v).__name__} ({v!r}) is not a {t} value")
@@ -415,6 +417,12 @@ def row_reader(t: PgType) -> Callable[[Any], Any] | None:
         return read_f4
     if k in STRINGS or k is Kind.ENUM:
         return None
+    if k is Kind.DATE:
+
+        def read_date(v: Any) -> Any:
+            return parse_input(t, v) if isinstance(v, str) else v.toordinal()
+
+        return read_date
 
     def read(v: Any) -> Any:
         return parse_input(t, v) if isinstance(v, str) else v
@@ -552,12 +560,13 @@ def _same(v: Any) -> Any:
     return v
 
 
-def _datetime_date(v: dt.datetime) -> dt.date:
-    return v.date()
+def _datetime_date(v: dt.datetime) -> int:
+    return v.toordinal()
 
 
-def _date_datetime(v: dt.date) -> dt.datetime:
-    return dt.datetime(v.year, v.month, v.day)
+def _date_datetime(v: int) -> dt.datetime:
+    d = ordinal_date(v)
+    return dt.datetime(d.year, d.month, d.day)
 
 
 def apply_typmod(t: PgType, mods: tuple[int, ...], v: Any) -> Any:
@@ -719,13 +728,27 @@ def numeric_op(op: str) -> Callable[[Decimal, Decimal], Decimal]:
     return {"+": add, "-": sub, "*": mul, "/": numeric_div, "%": mod}[op]
 
 
-def date_plus_days(d: dt.date, n: int) -> dt.date:
+# Dates are day numbers (proleptic Gregorian ordinals, 0001-01-01 = 1), so
+# arithmetic reaches past the years Python's date can hold, as the server's.
+_PG_EPOCH = dt.date(2000, 1, 1).toordinal()
+_DATE_MIN = _PG_EPOCH - 2451545  # 4714-11-24 BC
+_DATE_END = _PG_EPOCH + 2147483494 - 2451545
+
+
+def ordinal_date(v: int) -> dt.date:
     try:
-        return d + dt.timedelta(days=n)
-    except OverflowError:
+        return dt.date.fromordinal(v)
+    except (ValueError, OverflowError):
         raise PgValueError(
-            "date out of the range Python can represent (years 1 to 9999)"
+            "a date outside the years 1 to 9999, which Python cannot represent"
         ) from None
+
+
+def date_plus_days(d: int, n: int) -> int:
+    r = d + n
+    if not _DATE_MIN <= r < _DATE_END:
+        raise PgValueError("date out of range")
+    return r
 
 
 def negate(kind: Kind) -> Callable[[Any], Any]:

@@ -25,7 +25,6 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from typing import Any
 
 import pglast
@@ -762,16 +761,25 @@ class _Compiler:
         if col.column is None or not const.const:
             return
         v = const.value()
-        ck = col.type.kind
+        ck, vk = col.type.kind, const.type.kind
         if v is None or ck in T.FLOATS or ck is Kind.BPCHAR:
             return
-        if const.type.kind in T.FLOATS:
-            return
-        if isinstance(v, Decimal):
+        if ck in T.INTS and vk is Kind.NUMERIC:
             if not v.is_finite():
                 return
-            if ck in T.INTS and v == v.to_integral_value():
+            if v == v.to_integral_value():
                 v = int(v)
+        elif ck in T.INTS and vk in T.INTS:
+            pass
+        elif (ck is not vk and not (ck in T.STRINGS and vk in T.STRINGS)) or (
+            ck is Kind.NUMERIC and not v.is_finite()
+        ):
+            return
+        elif ck is Kind.DATE:
+            try:
+                v = T.ordinal_date(v)
+            except PgValueError:
+                return
         self.equalities[col.column] = v
 
     def distinct(self, node: Any, distinct: bool) -> _Expr:
@@ -940,7 +948,7 @@ class _Compiler:
                 T.DATE, lambda n, d: T.date_plus_days(d, n), [left, right], node
             )
         if lk is rk is Kind.DATE and op == "-":
-            return self._apply(T.INT4, lambda a, b: (a - b).days, [left, right], node)
+            return self._apply(T.INT4, operator.sub, [left, right], node)
         raise ShapeError(
             f"unsupported operator {left.type} {op} {right.type} in WHERE: "
             f"{_sql_of(node)}"

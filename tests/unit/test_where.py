@@ -7,9 +7,12 @@ import datetime as dt
 import math
 import uuid
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pgsupervisor.shapes import (
     ColumnInfo,
@@ -17,6 +20,7 @@ from pgsupervisor.shapes import (
     TableInfo,
     WhereEvaluationError,
     compile_where,
+    pgtypes,
 )
 
 # name: (type oid, sql name, collation, c collation, labels)
@@ -331,6 +335,14 @@ def test_like_null_and_errors() -> None:
         ("d + 1 = '2024-03-01'", {"d": dt.date(2024, 2, 29)}, True),
         ("d - 1 = '2024-02-28'", {"d": dt.date(2024, 2, 29)}, True),
         ("d - date '2024-01-01' = 59", {"d": dt.date(2024, 2, 29)}, True),
+        ("d + 5 > '9999-12-31'", {"d": dt.date(9999, 12, 30)}, True),
+        ("d + 5 - 5 = '9999-12-30'", {"d": dt.date(9999, 12, 30)}, True),
+        ("d - 1 < '0001-01-01'", {"d": dt.date(1, 1, 1)}, True),
+        (
+            "ts::date = d",
+            {"ts": dt.datetime(2024, 1, 1, 5), "d": dt.date(2024, 1, 1)},
+            True,
+        ),
         ("(i4 + 1) IS NULL", {"i4": None}, True),
         ("i2 + i2 = 2", {"i2": 1}, True),
     ],
@@ -348,6 +360,12 @@ def test_arithmetic(where: str, row: dict[str, Any], expected: bool) -> None:
         ("i4 / (-1) > 0", {"i4": -(2**31)}, "integer out of range"),
         ("f8 * 10 > 0", {"f8": 1e308}, "overflow"),
         ("f8 * 1e-300 > 0", {"f8": 1e-300}, "underflow"),
+        ("d + 2147483000 > d", {"d": dt.date(2024, 1, 1)}, "date out of range"),
+        (
+            "d + 9000 = ts",
+            {"d": dt.date(9999, 1, 1), "ts": dt.datetime(2024, 1, 1)},
+            "Python",
+        ),
     ],
 )
 def test_overflow_raises_where_the_server_would(
@@ -568,6 +586,12 @@ def test_equalities_only_at_the_top_level_and() -> None:
         "t": "a",
     }
     assert compile_where("i4 = NULL", None, TABLE).equalities == {}
+    assert (
+        compile_where("d = '2024-01-01 10:00'::timestamp", None, TABLE).equalities == {}
+    )
+    assert compile_where("n = 'NaN' AND i4 = 2.5", None, TABLE).equalities == {
+        "i4": Decimal("2.5")
+    }
 
 
 def test_to_sql_renders_params_as_typed_literals() -> None:
@@ -602,13 +626,6 @@ def test_repr_names_the_clause() -> None:
 
 
 # --- properties of the value rules ----------------------------------------------------
-
-from fractions import Fraction  # noqa: E402
-
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from pgsupervisor.shapes import pgtypes  # noqa: E402
 
 
 def like_reference(s: str, p: str) -> bool:
