@@ -24,7 +24,7 @@ import operator
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pglast
@@ -87,9 +87,7 @@ class _Expr:
     node: Any
     coll: _Coll | None = None
     column: str | None = None
-    literal: str | None = None  # an unknown-typed string literal's text
     param: int | None = None  # an unknown-typed $n
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def value(self) -> Any:
         return self.fn({})
@@ -445,7 +443,6 @@ class _Compiler:
                 True,
                 node,
                 coll=self.default_coll,
-                literal=val.sval,
             )
         raise ShapeError(f"unsupported constant {_sql_of(node)} in WHERE")
 
