@@ -91,6 +91,7 @@ def ints(col: str) -> st.SearchStrategy[int]:
 
 numerics = st.one_of(
     st.decimals(min_value=-1000, max_value=1000, places=2, allow_nan=False),
+    st.decimals(min_value=-(10**12), max_value=10**12, places=9, allow_nan=False),
     st.sampled_from(
         [
             Decimal("NaN"),
@@ -206,7 +207,10 @@ def literal(col: str, v: Any) -> str:
         return quote(repr(v))
     if cat == "bool":
         return "true" if v else "false"
-    if cat in ("date", "ts", "tz", "uuid"):
+    if cat == "tz":
+        offset = dt.timezone(dt.timedelta(minutes=(v.microsecond % 97 - 48) * 15))
+        return quote(str(v.astimezone(offset)))
+    if cat in ("date", "ts", "uuid"):
         return quote(str(v))
     return quote(v)
 
