@@ -370,7 +370,15 @@ def predicates(draw: st.DrawFn, clause: Clause, depth: int = 0) -> str:
 @st.composite
 def clauses(draw: st.DrawFn) -> tuple[str, list[Any]]:
     clause = Clause()
-    return draw(predicates(clause)), clause.params
+    text = draw(predicates(clause))
+    if draw(st.integers(0, 3)) == 0:  # a routing equality, often true
+        col = draw(st.sampled_from(["i2", "i4", "i8", "n", "m", "b"]))
+        value = draw(st.sampled_from(LABELS) if col == "m" else SMALL_INTS)
+        if col == "b":
+            value = value > 0
+        clause.add_param(value if draw(st.booleans()) else as_text(value))
+        text = f"{col} = ${len(clause.params)} AND ({text})"
+    return text, clause.params
 
 
 # --- the test -----------------------------------------------------------------
@@ -484,6 +492,10 @@ def check_against_server(
         STATS["rows compared"] += 1
         if mine:
             got.add(row["id"])
+            # The routing index may drop rows whose value differs: never a match.
+            for column, value in where.equalities.items():
+                assert row[column] == value, f"{context}: equalities {where.equalities}"
+                STATS["equalities checked"] += 1
     if isinstance(expected, Exception):
         STATS["WHERE raised on the server (conjuncts reordered)"] += 1
         return
