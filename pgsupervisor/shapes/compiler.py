@@ -31,6 +31,11 @@ __all__ = ["Compiler", "Eval", "Row", "sql_of"]
 Row = Mapping[str, Any]
 Eval = Callable[[Row], Any]
 
+_HINT = (
+    "; a shape's WHERE supports columns, constants, $n, AND/OR/NOT, comparisons,"
+    " IN, BETWEEN, IS [NOT] NULL/TRUE/FALSE/DISTINCT FROM, LIKE/ILIKE,"
+    " + - * / % and casts"
+)
 _C_COLLATIONS = {"C", "POSIX", "ucs_basic"}
 _SYSTEM_COLUMNS = {"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"}
 _COMPARISONS = {
@@ -190,7 +195,7 @@ class Compiler:
                 f"unsupported subquery {sql_of(node)} in WHERE: a shape's WHERE "
                 "can only read the row itself"
             )
-        raise ShapeError(f"unsupported expression {sql_of(node)} in WHERE")
+        raise ShapeError(f"unsupported expression {sql_of(node)} in WHERE{_HINT}")
 
     def boolean(self, e: _Expr, what: str) -> _Expr:
         if e.type.kind is Kind.UNKNOWN:
@@ -510,7 +515,9 @@ class Compiler:
                 return self.arithmetic(op, node)
             if op in ("~~", "!~~", "~~*", "!~~*"):
                 return self.like(node, op)
-            raise ShapeError(f"unsupported operator {op} in WHERE: {sql_of(node)}")
+            raise ShapeError(
+                f"unsupported operator {op} in WHERE: {sql_of(node)}{_HINT}"
+            )
         if kind in (K.AEXPR_DISTINCT, K.AEXPR_NOT_DISTINCT):
             return self.distinct(node, kind == K.AEXPR_DISTINCT)
         if kind == K.AEXPR_IN:
@@ -524,7 +531,7 @@ class Compiler:
             K.AEXPR_NOT_BETWEEN_SYM,
         ):
             return self.between(node, kind)
-        raise ShapeError(f"unsupported expression {sql_of(node)} in WHERE")
+        raise ShapeError(f"unsupported expression {sql_of(node)} in WHERE{_HINT}")
 
     def comparison_type(self, lt: PgType, rt: PgType, node: Any) -> PgType:
         """The operand type of PostgreSQL's chosen comparison operator."""
@@ -564,7 +571,8 @@ class Compiler:
                 "type (timestamptz constants with an explicit UTC offset)"
             )
         raise ShapeError(
-            f"cannot compare {lt} with {rt} (operator does not exist): {sql_of(node)}"
+            f"cannot compare {lt} with {rt} (operator does not exist): {sql_of(node)};"
+            " compare the column with a value of its own type"
         )
 
     def compare(
@@ -900,7 +908,7 @@ def _op_name(node: Any) -> str:
     if len(names) == 2 and names[0] == "pg_catalog":
         names = names[1:]
     if len(names) != 1:
-        raise ShapeError(f"unsupported operator {sql_of(node)} in WHERE")
+        raise ShapeError(f"unsupported operator {sql_of(node)} in WHERE{_HINT}")
     return "<>" if names[0] == "!=" else str(names[0])
 
 
