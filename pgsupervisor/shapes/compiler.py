@@ -33,7 +33,7 @@ Eval = Callable[[Row], Any]
 
 _HINT = (
     "; a shape's WHERE supports columns, constants, $n, AND/OR/NOT, comparisons,"
-    " IN, BETWEEN, IS [NOT] NULL/TRUE/FALSE/DISTINCT FROM, LIKE/ILIKE,"
+    " IN, BETWEEN, IS [NOT] NULL/TRUE/FALSE/DISTINCT FROM, LIKE/ILIKE, COALESCE,"
     " + - * / % and casts"
 )
 _C_COLLATIONS = {"C", "POSIX", "ucs_basic"}
@@ -184,6 +184,8 @@ class Compiler:
             return self.boolean_test(node)
         if isinstance(node, ast.CollateClause):
             return self.collate(node)
+        if isinstance(node, ast.CoalesceExpr):
+            return self.coalesce(node)
         if isinstance(node, ast.FuncCall):
             raise ShapeError(
                 f"unsupported function {sql_of(node)} in WHERE: only columns, "
@@ -520,6 +522,8 @@ class Compiler:
             )
         if kind in (K.AEXPR_DISTINCT, K.AEXPR_NOT_DISTINCT):
             return self.distinct(node, kind == K.AEXPR_DISTINCT)
+        if kind == K.AEXPR_NULLIF:
+            return self.nullif(node)
         if kind == K.AEXPR_IN:
             return self.in_list(node, op)
         if kind in (K.AEXPR_LIKE, K.AEXPR_ILIKE):
@@ -643,6 +647,55 @@ class Compiler:
             return not same if distinct else same
 
         return self._fold(_Expr(T.BOOL, fn, lc.const and rc.const, node))
+
+    def coalesce(self, node: Any) -> _Expr:
+        """The first non-NULL argument, in their common type; arguments after
+        it are not evaluated (NULL constants dropped, as the planner does)."""
+        args = [self.expr(a) for a in node.args]
+        common = _common_type([a.type for a in args])
+        if common is None or any(a.type.domain for a in args):
+            raise ShapeError(
+                f"COALESCE types {', '.join(str(a.type) for a in args)} cannot be "
+                f"matched: {sql_of(node)}"
+            )
+        args = [self.coerce(a, common) for a in args]
+        coll = self.combine_colls(args, node) if common.kind in T.STRINGS else None
+        kept = []
+        for a in args:
+            if a.const and a.value() is None:
+                continue
+            kept.append(a)
+            if a.const:
+                break
+        fns = tuple(a.fn for a in kept)
+
+        def fn(row: Row) -> Any:
+            for f in fns:
+                v = f(row)
+                if v is not None:
+                    return v
+            return None
+
+        return self._fold(
+            _Expr(common, fn, all(a.const for a in kept), node, coll=coll)
+        )
+
+    def nullif(self, node: Any) -> _Expr:
+        """NULL when the arguments are equal, else the first."""
+        left, right = self.expr(node.lexpr), self.expr(node.rexpr)
+        equal = self.compare("=", left, right, node)
+        t = self.comparison_type(left.type, right.type, node)
+        if left.type.kind is Kind.UNKNOWN:
+            left = self.coerce(left, t)
+        a, eq = left.fn, equal.fn
+
+        def fn(row: Row) -> Any:
+            v = a(row)
+            return None if eq(row) is True else v
+
+        return self._fold(
+            _Expr(left.type, fn, left.const and equal.const, node, coll=left.coll)
+        )
 
     def in_list(self, node: Any, op: str) -> _Expr:
         if op not in ("=", "<>"):

@@ -284,6 +284,10 @@ class Clause:
             return "d"
         if cat == "text" and pick == 0:
             return f'{col} COLLATE "C"'
+        if pick == 4:
+            return f"COALESCE({col}, {self.const(draw, col)})"
+        if pick == 5:
+            return f"NULLIF({col}, {self.const(draw, col)})"
         if pick == 3 and col in COLUMN_CASTS:
             return f"{col}::{draw(st.sampled_from(COLUMN_CASTS[col]))}"
         return col

@@ -267,6 +267,34 @@ def test_in_between_distinct(where: str, value: Any, expected: bool) -> None:
     assert match(where, {"i4": value, "i2": 7}) is expected
 
 
+@pytest.mark.parametrize(
+    ("where", "row", "expected"),
+    [
+        ("COALESCE(i4, 0) = 0", {"i4": None}, True),
+        ("COALESCE(i4, 0) = 0", {"i4": 3}, False),
+        ("COALESCE(i4, i2, 7) = 7", {"i4": None, "i2": None}, True),
+        ("COALESCE(i4, 2.5) = 2.5", {"i4": None}, True),
+        ("COALESCE(b, false) IS FALSE", {"b": None}, True),
+        ("COALESCE(c, 'x') = 'ab'", {"c": "ab  "}, True),
+        ("COALESCE(NULL, NULL) IS NULL", {}, True),
+        ("COALESCE(i8, -i8) IS NULL", {"i8": None}, True),
+        ("NULLIF(i4, 0) IS NULL", {"i4": 0}, True),
+        ("NULLIF(i4, 0) = 3", {"i4": 3}, True),
+        ("NULLIF(i4, NULL) = 3", {"i4": 3}, True),
+        ("NULLIF(t, '') IS NULL", {"t": ""}, True),
+    ],
+)
+def test_coalesce_and_nullif(where: str, row: dict[str, Any], expected: bool) -> None:
+    assert match(where, row) is expected
+
+
+def test_coalesce_stops_at_the_first_non_null() -> None:
+    assert match("COALESCE(i8, -i8) < 0", {"i8": -(2**63)})  # -i8 not evaluated
+    with pytest.raises(WhereEvaluationError):
+        match("COALESCE(i4, -i8) = 5", {"i4": None, "i8": -(2**63)})
+    assert "cannot be matched" in refused("COALESCE(i4, t) = 1")
+
+
 def test_distinct_uses_the_types_equality() -> None:
     assert not match("f8 IS DISTINCT FROM 'NaN'", {"f8": math.nan})
     assert not match("c IS DISTINCT FROM 'a'", {"c": "a   "})
