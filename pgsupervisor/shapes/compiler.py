@@ -34,6 +34,7 @@ Eval = Callable[[Row], Any]
 _HINT = (
     "; a shape's WHERE supports columns, constants, $n, AND/OR/NOT, comparisons,"
     " IN, BETWEEN, IS [NOT] NULL/TRUE/FALSE/DISTINCT FROM, LIKE/ILIKE, COALESCE,"
+    " NULLIF, lower(), upper(), length(), abs(),"
     " + - * / % and casts"
 )
 _C_COLLATIONS = {"C", "POSIX", "ucs_basic"}
@@ -187,11 +188,7 @@ class Compiler:
         if isinstance(node, ast.CoalesceExpr):
             return self.coalesce(node)
         if isinstance(node, ast.FuncCall):
-            raise ShapeError(
-                f"unsupported function {sql_of(node)} in WHERE: only columns, "
-                "constants, parameters, operators and casts can be evaluated "
-                "exactly as PostgreSQL does"
-            )
+            return self.function(node)
         if isinstance(node, ast.SubLink):
             raise ShapeError(
                 f"unsupported subquery {sql_of(node)} in WHERE: a shape's WHERE "
@@ -493,7 +490,7 @@ class Compiler:
             )
         if need == "case" and not coll.c:
             raise ShapeError(
-                f"ILIKE in {sql_of(node)} folds case by collation "
+                f"{sql_of(node)} folds case by collation "
                 f'"{coll.name}", which Python cannot reproduce: use LIKE, or '
                 'COLLATE "C" (ASCII case folding)'
             )
@@ -647,6 +644,51 @@ class Compiler:
             return not same if distinct else same
 
         return self._fold(_Expr(T.BOOL, fn, lc.const and rc.const, node))
+
+    def function(self, node: Any) -> _Expr:
+        """The few functions Python computes exactly: lower/upper (ASCII, under
+        a C collation), length/char_length, abs."""
+        names = _names(node.funcname)
+        name = names[-1] if names[:-1] in ((), ("pg_catalog",)) else ""
+        plain = not (
+            node.agg_star
+            or node.agg_distinct
+            or node.agg_order
+            or node.agg_filter
+            or node.over
+            or node.func_variadic
+        )
+        args = [self.expr(a) for a in node.args or ()] if plain else []
+        if name in _FUNCTIONS and plain and len(args) == 1:
+            (arg,) = args
+            if name == "abs" and arg.type.kind in T.NUMBERS:
+                return self._apply(arg.type, T.absolute(arg.type.kind), [arg], node)
+            if name != "abs":
+                if arg.type.kind is Kind.UNKNOWN or arg.type.kind is Kind.VARCHAR:
+                    arg = self.coerce(arg, T.TEXT)
+                if arg.type.kind in T.STRINGS:
+                    return self._string_function(name, arg, node)
+        raise ShapeError(
+            f"unsupported function {sql_of(node)} in WHERE: only lower(), upper(), "
+            "length() and abs() are evaluated, besides columns, constants, "
+            "parameters, operators, casts, COALESCE and NULLIF"
+        )
+
+    def _string_function(self, name: str, arg: _Expr, node: Any) -> _Expr:
+        if name == "length" or name in ("char_length", "character_length"):
+            # length(char(n)) ignores the trailing blanks, like the cast to text.
+            f: Callable[[Any], Any] = (
+                (lambda v: len(v.rstrip(" "))) if arg.type.kind is Kind.BPCHAR else len
+            )
+            return self._apply(T.INT4, f, [arg], node)
+        if arg.type.kind is Kind.BPCHAR:
+            arg = self.coerce(arg, T.TEXT)  # lower(text): the blanks go
+        if arg.const and arg.value() is None:
+            return _Expr(T.TEXT, _const_fn(None), True, node, coll=arg.coll)
+        coll = self.combine_colls([arg], node)
+        self.check_coll(coll, "case", node)
+        table = _ASCII_LOWER if name == "lower" else _ASCII_UPPER
+        return self._apply(T.TEXT, lambda v: v.translate(table), [arg], node, coll=coll)
 
     def coalesce(self, node: Any) -> _Expr:
         """The first non-NULL argument, in their common type; arguments after
@@ -930,6 +972,8 @@ class Compiler:
 # --- helpers ------------------------------------------------------------------
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_FUNCTIONS = {"lower", "upper", "length", "char_length", "character_length", "abs"}
 
 
 def _like_regex(pattern: str, escape: str, icase: bool) -> re.Pattern[str]:

@@ -751,6 +751,14 @@ def date_plus_days(d: int, n: int) -> int:
     return r
 
 
+def absolute(kind: Kind) -> Callable[[Any], Any]:
+    if kind in INTS:
+        return lambda v: check_int(kind, abs(v))
+    if kind is Kind.NUMERIC:
+        return lambda v: v if v.is_nan() else EXACT.abs(v)
+    return abs
+
+
 def negate(kind: Kind) -> Callable[[Any], Any]:
     if kind in INTS:
         return lambda v: check_int(kind, -v)

@@ -284,6 +284,10 @@ class Clause:
             return "d"
         if cat == "text" and pick == 0:
             return f'{col} COLLATE "C"'
+        if pick == 6 and cat == "text":
+            return f"{draw(st.sampled_from(['lower', 'upper']))}({col})"
+        if pick == 6 and cat in NUMERIC_CATS:
+            return f"abs({col})"
         if pick == 4:
             return f"COALESCE({col}, {self.const(draw, col)})"
         if pick == 5:

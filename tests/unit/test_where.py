@@ -295,6 +295,36 @@ def test_coalesce_stops_at_the_first_non_null() -> None:
     assert "cannot be matched" in refused("COALESCE(i4, t) = 1")
 
 
+@pytest.mark.parametrize(
+    ("where", "row", "expected"),
+    [
+        ("lower(t) = 'abc'", {"t": "AbC"}, True),
+        ("upper(t) = 'ÉA'", {"t": "éa"}, False),  # C folds ASCII only
+        ("upper(t) = 'éA'", {"t": "éa"}, True),
+        ("lower(c) = 'ab'", {"c": "AB  "}, True),  # char(n) -> text drops blanks
+        ("length(c) = 2", {"c": "ab  "}, True),
+        ("char_length(t) = 3", {"t": "ab "}, True),
+        ("length(vc) = 1", {"vc": "😀"}, True),
+        ("abs(i4) = 5", {"i4": -5}, True),
+        ("abs(n) = 1.5", {"n": Decimal("-1.5")}, True),
+        ("abs(f8) = 0", {"f8": -0.0}, True),
+        ("pg_catalog.lower(t) = 'a'", {"t": "A"}, True),
+        ("lower(NULL) IS NULL", {}, True),
+    ],
+)
+def test_exact_functions(where: str, row: dict[str, Any], expected: bool) -> None:
+    assert match(where, row) is expected
+
+
+def test_function_refusals() -> None:
+    assert "folds case by collation" in refused("lower(en) = 'a'")
+    assert "unsupported function abs('5')" in refused("abs('5') = 5")
+    assert "unsupported function length(i4)" in refused("length(i4) = 1")
+    assert "unsupported function lower(t, t)" in refused("lower(t, t) = 'a'")
+    with pytest.raises(WhereEvaluationError, match="smallint out of range"):
+        match("abs(i2) > 0", {"i2": -(2**15)})
+
+
 def test_distinct_uses_the_types_equality() -> None:
     assert not match("f8 IS DISTINCT FROM 'NaN'", {"f8": math.nan})
     assert not match("c IS DISTINCT FROM 'a'", {"c": "a   "})
@@ -527,7 +557,9 @@ def test_bad_literals_are_refused_like_the_server_would() -> None:
     ("where", "message"),
     [
         ("random() > 0.5", "unsupported function random()"),
-        ("lower(t) = 'a'", "unsupported function lower(t)"),
+        ("upper(t, 1) = 'a'", "unsupported function upper(t, 1)"),
+        ("lower(DISTINCT t) = 'a'", "unsupported function"),
+        ("abs(i4) OVER () = 1", "unsupported function"),
         ("count(*) > 1", "unsupported function count(*)"),
         ("i4 IN (SELECT 1)", "unsupported subquery"),
         ("EXISTS (SELECT 1)", "unsupported subquery"),
