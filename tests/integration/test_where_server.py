@@ -758,3 +758,39 @@ def test_readme_block_runs(app_dsn: str) -> None:
         )
     finally:
         ns["conn"].close()
+
+
+@pytest.mark.parametrize(
+    "locale",
+    [
+        "LOCALE_PROVIDER icu ICU_LOCALE 'en' LOCALE 'C'",
+        "LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8'",
+    ],
+)
+def test_a_non_c_default_collation_is_seen(pg_server: Server, locale: str) -> None:
+    name = f"where_locale_{os.getpid()}"
+    pg_server.execute(
+        f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' {locale}"
+    )
+    try:
+        with psycopg.connect(pg_server.dsn(dbname=name), autocommit=True) as conn:
+            conn.execute(
+                'CREATE TABLE t (id int PRIMARY KEY, s text, k text COLLATE "C")'
+            )
+            info = describe_table(conn, "t")
+            assert not info.default_c_collation
+            assert (info.columns["s"].collation, info.columns["s"].c_collation) == (
+                "default",
+                False,
+            )
+            assert info.columns["k"].c_collation
+            with pytest.raises(ShapeError, match='collation "default"'):
+                compile_where("s > 'b'", None, info)
+            for text in (
+                "s = 'b' AND k > 'a'",
+                "s COLLATE \"C\" > 'b'",
+                "k ILIKE 'A%'",
+            ):
+                compile_where(text, None, info).validate(conn)
+    finally:
+        pg_server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
