@@ -137,6 +137,7 @@ class Compiler:
                 self.known_colls[col.collation] = _Coll(
                     2, col.collation, col.c_collation, col.deterministic
                 )
+        self.array_params: set[int] = set()
         self._top = True
 
     # --- entry points ---------------------------------------------------------
@@ -153,14 +154,15 @@ class Compiler:
         nodes = {}
         for n, t in self.param_types.items():
             v = self.param_values[n]
-            const = (
-                ast.A_Const(isnull=True)
-                if v is None
-                else ast.A_Const(isnull=False, val=ast.String(T.to_text(t, v)))
-            )
-            names = tuple(ast.String(name) for name in _type_names(t.sql))
-            type_name = ast.TypeName(names=names, typemod=-1)
-            nodes[n] = ast.TypeCast(arg=const, typeName=type_name)
+            if n in self.array_params:
+                array: Any = (
+                    ast.A_Const(isnull=True)
+                    if v is None
+                    else ast.A_ArrayExpr(elements=tuple(_literal(t, x) for x in v))
+                )
+                nodes[n] = ast.TypeCast(arg=array, typeName=_type_name(t, array=True))
+            else:
+                nodes[n] = _literal(t, v)
         return nodes
 
     # --- dispatch -------------------------------------------------------------
@@ -295,6 +297,8 @@ class Compiler:
             raise ShapeError(
                 f"WHERE uses ${n} but {len(self.params)} parameter(s) were given"
             )
+        if n in self.array_params:
+            raise ShapeError(f"${n} is used both as a list (ANY) and as a value")
         if n in self.param_types:
             t = self.param_types[n]
             v = self.param_values[n]
@@ -521,6 +525,8 @@ class Compiler:
             return self.distinct(node, kind == K.AEXPR_DISTINCT)
         if kind == K.AEXPR_NULLIF:
             return self.nullif(node)
+        if kind in (K.AEXPR_OP_ANY, K.AEXPR_OP_ALL):
+            return self.any_all(node, op, kind == K.AEXPR_OP_ANY)
         if kind == K.AEXPR_IN:
             return self.in_list(node, op)
         if kind in (K.AEXPR_LIKE, K.AEXPR_ILIKE):
@@ -723,11 +729,12 @@ class Compiler:
         )
 
     def nullif(self, node: Any) -> _Expr:
-        """NULL when the arguments are equal, else the first."""
+        """NULL when the arguments are equal, else the first, as the left input
+        of the ``=`` operator (``NULLIF(int, numeric)`` is numeric)."""
         left, right = self.expr(node.lexpr), self.expr(node.rexpr)
         equal = self.compare("=", left, right, node)
         t = self.comparison_type(left.type, right.type, node)
-        if left.type.kind is Kind.UNKNOWN:
+        if not (left.type.kind in T.INTS and t.kind in T.INTS):  # int2 = int4 exists
             left = self.coerce(left, t)
         a, eq = left.fn, equal.fn
 
@@ -761,6 +768,69 @@ class Compiler:
             items = [i for i in items if not i.const]
         tests += [self.compare(op, left, i, node) for i in items]
         return self._bool_chain(tests, node, any_true)
+
+    def any_all(self, node: Any, op: str, use_or: bool) -> _Expr:
+        """``x op ANY/ALL (ARRAY[...] or $n given a list)``: the server's array
+        comparison (an empty array: FALSE for ANY, TRUE for ALL)."""
+        if op not in _COMPARISONS:
+            raise ShapeError(f"unsupported operator {op} in {sql_of(node)}")
+        left = self.expr(node.lexpr)
+        right = node.rexpr
+        elements: list[_Expr] | None
+        if isinstance(right, ast.ParamRef):
+            elements = self._array_param(right, left.type, node)
+        elif isinstance(right, ast.A_ArrayExpr) and right.elements:
+            elements = [self.expr(e) for e in right.elements]
+            common = _common_type([e.type for e in elements])
+            if common is None:
+                raise ShapeError(f"ARRAY elements of different types: {sql_of(right)}")
+            elements = [self.coerce(e, common) for e in elements]
+        else:
+            raise ShapeError(
+                f"unsupported {sql_of(node)} in WHERE: ANY and ALL take "
+                "ARRAY[...] or a parameter given as a list"
+            )
+        if elements is None:
+            result: _Expr = _Expr(T.BOOL, _const_fn(None), True, node)
+        elif not elements:
+            result = _Expr(T.BOOL, _const_fn(not use_or), True, node)
+        else:
+            tests = [self.compare(op, left, e, node) for e in elements]
+            result = self._bool_chain(tests, node, any_true=use_or)
+        if result.const and not left.const:  # the left side is still evaluated
+            result = _Expr(T.BOOL, _after(left.fn, result.value()), False, node)
+        return result
+
+    def _array_param(self, ref: Any, left: PgType, node: Any) -> list[_Expr] | None:
+        n = ref.number
+        if not 1 <= n <= len(self.params):
+            raise ShapeError(
+                f"WHERE uses ${n} but {len(self.params)} parameter(s) were given"
+            )
+        if n in self.param_types:
+            raise ShapeError(f"${n} is used twice with ANY/ALL or as a value")
+        t = self.comparison_type(left, T.UNKNOWN, node)
+        raw = self.params[n - 1]
+        if raw is not None and not isinstance(raw, (list, tuple)):
+            raise ShapeError(
+                f"parameter ${n} of {sql_of(node)} must be a list or a tuple, "
+                f"not {type(raw).__name__}"
+            )
+        try:
+            values = (
+                None
+                if raw is None
+                else [None if v is None else T.from_python(t, v) for v in raw]
+            )
+        except PgValueError as exc:
+            raise ShapeError(f"parameter ${n}: {exc}") from None
+        self.param_types[n] = t
+        self.param_values[n] = values
+        self.array_params.add(n)
+        if values is None:
+            return None
+        coll = self._const_coll(t)
+        return [_Expr(t, _const_fn(v), True, ref, coll=coll) for v in values]
 
     def between(self, node: Any, kind: Any) -> _Expr:
         K = enums.A_Expr_Kind
@@ -1038,6 +1108,24 @@ def _column_type(
     if labels is not None:
         return PgType(Kind.ENUM, sql_name, labels)
     return T.BUILTIN_BY_OID.get(oid)
+
+
+def _type_name(t: PgType, array: bool = False) -> Any:
+    # pglast prints pg_catalog.bpchar as "char", which is char(1) in a CAST.
+    qualified = ("bpchar",) if t.kind is Kind.BPCHAR else _type_names(t.sql)
+    names = tuple(ast.String(name) for name in qualified)
+    bounds = (ast.Integer(-1),) if array else None
+    return ast.TypeName(names=names, typemod=-1, arrayBounds=bounds)
+
+
+def _literal(t: PgType, v: Any) -> Any:
+    """``CAST('text' AS type)``, which the server reads back as *v*."""
+    const = (
+        ast.A_Const(isnull=True)
+        if v is None
+        else ast.A_Const(isnull=False, val=ast.String(T.to_text(t, v)))
+    )
+    return ast.TypeCast(arg=const, typeName=_type_name(t))
 
 
 @functools.cache

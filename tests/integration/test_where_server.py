@@ -175,6 +175,12 @@ def as_text(v: Any) -> str | None:
     """A parameter as text, which the server types by context (unknown)."""
     if v is None or isinstance(v, str):
         return v
+    if isinstance(v, list):  # an array literal
+        return (
+            "{"
+            + ",".join("NULL" if x is None else _array_item(as_text(x)) for x in v)
+            + "}"
+        )
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
@@ -182,6 +188,11 @@ def as_text(v: Any) -> str | None:
     if isinstance(v, (dt.date, dt.datetime)):
         return v.isoformat(sep=" ") if isinstance(v, dt.datetime) else v.isoformat()
     return str(v)
+
+
+def _array_item(text: str | None) -> str:
+    assert text is not None
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def quote(s: str) -> str:
@@ -237,7 +248,8 @@ class Clause:
         if choice == 0:
             return "NULL"
         if choice <= 2:
-            self.add_param(v if draw(st.booleans()) else as_text(v))
+            pick = draw(st.integers(0, 6))
+            self.add_param(None if pick == 0 else v if pick % 2 else as_text(v))
             return f"${len(self.params)}"
         if choice == 4 and cat in ("numeric", "float", "int", "text"):
             cast = draw(st.sampled_from(CONSTANT_CASTS[cat]))
@@ -317,10 +329,25 @@ def predicates(draw: st.DrawFn, clause: Clause, depth: int = 0) -> str:
         right = clause.const(draw, col)
         return f"{right} {op} {left}" if draw(st.booleans()) else f"{left} {op} {right}"
     if kind == 3:
-        items = [clause.const(draw, col) for _ in range(draw(st.integers(1, 4)))]
-        if draw(st.integers(0, 3)) == 0:
-            items.append(draw(st.sampled_from(COLUMNS[cat])))
+        form = draw(st.integers(0, 3))
+        items = []
+        if form:
+            items = [clause.const(draw, col) for _ in range(draw(st.integers(1, 4)))]
+            if draw(st.integers(0, 3)) == 0:
+                items.append(draw(st.sampled_from(COLUMNS[cat])))
         neg = "NOT " if draw(st.booleans()) else ""
+        if form == 0:  # a list parameter
+            values = [
+                None if draw(st.integers(0, 6)) == 0 else draw(VALUES[col])
+                for _ in range(draw(st.integers(0, 3)))
+            ]
+            clause.add_param(values)
+            n = len(clause.params)
+            op = draw(st.sampled_from(["= ANY", "<> ALL", "< ANY", ">= ALL"]))
+            return f"{clause.operand(draw, col)} {op}(${n})"
+        if form == 1:
+            op = draw(st.sampled_from(["= ANY", "<> ALL", "> ANY", "<= ALL"]))
+            return f"{clause.operand(draw, col)} {op}(ARRAY[{', '.join(items)}])"
         return f"{clause.operand(draw, col)} {neg}IN ({', '.join(items)})"
     if kind == 4:
         word = draw(

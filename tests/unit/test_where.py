@@ -282,6 +282,9 @@ def test_in_between_distinct(where: str, value: Any, expected: bool) -> None:
         ("NULLIF(i4, 0) = 3", {"i4": 3}, True),
         ("NULLIF(i4, NULL) = 3", {"i4": 3}, True),
         ("NULLIF(t, '') IS NULL", {"t": ""}, True),
+        ("NULLIF(i2, 0::numeric) = 'NaN'", {"i2": 1}, False),  # numeric, like =
+        ("NULLIF(i2, 1.5) = 2", {"i2": 2}, True),
+        ("NULLIF(i2, 0) IS NOT NULL", {"i2": 2}, True),
     ],
 )
 def test_coalesce_and_nullif(where: str, row: dict[str, Any], expected: bool) -> None:
@@ -323,6 +326,50 @@ def test_function_refusals() -> None:
     assert "unsupported function lower(t, t)" in refused("lower(t, t) = 'a'")
     with pytest.raises(WhereEvaluationError, match="smallint out of range"):
         match("abs(i2) > 0", {"i2": -(2**15)})
+
+
+@pytest.mark.parametrize(
+    ("where", "params", "value", "expected"),
+    [
+        ("i4 = ANY($1)", [[1, 2]], 2, True),
+        ("i4 = ANY($1)", [["1", "2"]], 3, False),
+        ("i4 = ANY($1)", [[1, None]], 1, True),
+        ("(i4 = ANY($1)) IS UNKNOWN", [[1, None]], 3, True),
+        ("i4 = ANY($1)", [[]], None, False),  # empty: FALSE even for NULL
+        ("i4 <> ALL($1)", [[]], None, True),
+        ("(i4 = ANY($1)) IS UNKNOWN", [None], 1, True),
+        ("i4 <> ALL($1)", [(1, 2)], 3, True),
+        ("i4 < ALL(ARRAY[5, 7])", [], 4, True),
+        ("i4 = ANY(ARRAY[1, 2.5])", [], 1, True),
+        ("i4 > ANY(ARRAY[i2, 10])", [], 8, True),
+    ],
+)
+def test_any_and_all(where: str, params: list[Any], value: Any, expected: bool) -> None:
+    assert match(where, {"i4": value, "i2": 7}, *params) is expected
+
+
+def test_char_parameters_render_without_a_length() -> None:
+    where = compile_where(
+        "c = $1 AND c = ANY($2) AND c <> $3", ["ab", ["xy", None], None], TABLE
+    )
+    assert where.to_sql().as_string(None) == (
+        "c = CAST('ab' AS bpchar) AND c = ANY(CAST(ARRAY[CAST('xy' AS bpchar),"
+        " CAST(NULL AS bpchar)] AS bpchar[])) AND c <> CAST(NULL AS bpchar)"
+    )
+
+
+def test_any_renders_a_typed_array() -> None:
+    where = compile_where("m = ANY($1) AND i4 <> ALL($2)", [["ok", "sad"], None], TABLE)
+    rendered = where.to_sql().as_string(None)
+    assert (
+        "m = ANY(CAST(ARRAY[CAST('ok' AS public.mood), CAST('sad' AS public.mood)]"
+        in rendered
+    )
+    assert "AS public.mood[])" in rendered
+    assert "i4 <> ALL(CAST(NULL AS integer[]))" in rendered
+    assert "must be a list" in refused("i4 = ANY($1)", 5)
+    assert "used both as a list" in refused("i4 = ANY($1) OR i4 = $1", [1])
+    assert "parameter $1" in refused("i4 = ANY($1)", ["x"])
 
 
 def test_distinct_uses_the_types_equality() -> None:
@@ -418,6 +465,7 @@ def test_arithmetic(where: str, row: dict[str, Any], expected: bool) -> None:
         ("i4 / (-1) > 0", {"i4": -(2**31)}, "integer out of range"),
         ("f8 * 10 > 0", {"f8": 1e308}, "overflow"),
         ("f8 * 1e-300 > 0", {"f8": 1e-300}, "underflow"),
+        ("NULLIF(i2, 0) * i2 > 0", {"i2": 300}, "smallint out of range"),
         ("d + 2147483000 > d", {"d": dt.date(2024, 1, 1)}, "date out of range"),
         (
             "d + 9000 = ts",
@@ -573,7 +621,7 @@ def test_bad_literals_are_refused_like_the_server_would() -> None:
         ("t || 'x' = 'y'", "unsupported operator ||"),
         ("t ~ 'x'", "unsupported operator ~"),
         ("t SIMILAR TO 'x'", "unsupported"),
-        ("i4 = ANY('{1}')", "unsupported expression"),
+        ("i4 = ANY('{1}')", "ANY and ALL take ARRAY[...] or a parameter"),
         ("i4 = t", "cannot compare integer with text"),
         ("i4 = b", "cannot compare integer with boolean"),
         ("m = u", "cannot compare"),
