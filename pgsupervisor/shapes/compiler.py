@@ -38,6 +38,7 @@ _HINT = (
     " + - * / % and casts"
 )
 _C_COLLATIONS = {"C", "POSIX", "ucs_basic"}
+_CODE_POINT_ENCODINGS = {"UTF8", "LATIN1"}  # where byte order is code point order
 _SYSTEM_COLUMNS = {"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"}
 _COMPARISONS = {
     "=": operator.eq,
@@ -448,7 +449,7 @@ class Compiler:
         names = [n.sval for n in node.collname]
         name = names[-1]
         if name in _C_COLLATIONS and names[:-1] in ([], ["pg_catalog"]):
-            coll = _Coll(2, name, True)
+            coll = _Coll(2, name, self.table.encoding in _CODE_POINT_ENCODINGS)
         elif len(names) == 1 and name in self.known_colls:
             coll = self.known_colls[name]
         else:
