@@ -120,7 +120,7 @@ WHERE a.attrelid = %(oid)s AND d.datname = pg_catalog.current_database()
 ORDER BY a.attnum
 """
 
-_DEFAULT_C = """
+_DATABASE = """
 SELECT pg_catalog.pg_encoding_to_char(d.encoding),
        coalesce(pg_catalog.to_jsonb(d) ->> 'datlocprovider', 'c') = 'c'
        AND d.datcollate IN ('C', 'POSIX') AND d.datctype IN ('C', 'POSIX')
@@ -181,7 +181,7 @@ def describe_table(conn: psycopg.Connection[Any], table: str) -> TableInfo:
                 deterministic=deterministic,
             )
         key = tuple(r[0] for r in cur.execute(_PRIMARY_KEY, {"oid": oid}).fetchall())
-        database = cur.execute(_DEFAULT_C).fetchone()
+        database = cur.execute(_DATABASE).fetchone()
         assert database is not None
         encoding, default_c = database
     if not key:
