@@ -274,7 +274,7 @@ class Compiler:
             return _Expr(T.INT4, _const_fn(val.ival), True, node)
         if isinstance(val, ast.Float):
             text = str(val.fval)
-            if re.fullmatch(r"-?\d+", text):
+            if re.fullmatch(r"-?\d+", text, re.ASCII):
                 n = int(text)
                 t = T.INT4 if -(2**31) <= n < 2**31 else T.INT8
                 if -(2**63) <= n < 2**63:

@@ -206,8 +206,10 @@ def f4_exact(x: Fraction) -> float:
 
 # --- input functions (text -> value) ----------------------------------------
 
-_INT_RE = re.compile(r"\s*([+-]?\d+)\s*\Z")
-_NUM_RE = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*\Z")
+# re.ASCII: the server's digits and blanks are ASCII only.
+_BLANKS = " \t\n\r\f\v"
+_INT_RE = re.compile(r"\s*([+-]?\d+)\s*\Z", re.ASCII)
+_NUM_RE = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*\Z", re.ASCII)
 _NUM_SPECIAL = {
     "nan": Decimal("NaN"),
     "infinity": Decimal("Infinity"),
@@ -230,7 +232,8 @@ _FLOAT_SPECIAL = {
 }
 _TS_RE = re.compile(
     r"\s*(\d{4})-(\d\d)-(\d\d)(?:[ Tt](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)?)?"
-    r"\s*(Z|z|UTC|[+-]\d\d(?::?\d\d)?)?\s*\Z"
+    r"\s*(Z|z|UTC|[+-]\d\d(?::?\d\d)?)?\s*\Z",
+    re.ASCII,
 )
 
 
@@ -243,7 +246,7 @@ def check_int(kind: Kind, v: int) -> int:
 
 def parse_bool(s: str) -> bool:
     """``boolin``: a prefix of true/false/yes/no, on, of(f), 1 or 0."""
-    w = s.strip().lower()
+    w = s.strip(_BLANKS).lower()
     if w:
         if "true".startswith(w) or "yes".startswith(w) or w in ("on", "1"):
             return True
@@ -253,7 +256,7 @@ def parse_bool(s: str) -> bool:
 
 
 def parse_numeric(s: str) -> Decimal:
-    special = _NUM_SPECIAL.get(s.strip().lower())
+    special = _NUM_SPECIAL.get(s.strip(_BLANKS).lower())
     if special is not None:
         return special
     m = _NUM_RE.match(s)
@@ -263,7 +266,7 @@ def parse_numeric(s: str) -> Decimal:
 
 
 def parse_float(kind: Kind, s: str) -> float:
-    special = _FLOAT_SPECIAL.get(s.strip().lower())
+    special = _FLOAT_SPECIAL.get(s.strip(_BLANKS).lower())
     if special is not None:
         return special
     m = _NUM_RE.match(s)
@@ -343,7 +346,7 @@ def parse_input(t: PgType, s: str) -> Any:
     if k in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
         return parse_timestamp(k, s)
     if k is Kind.UUID:
-        text = s.strip()
+        text = s.strip(_BLANKS)
         if text.startswith("{") and text.endswith("}"):
             text = text[1:-1]
         if not re.fullmatch(r"[0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7}", text):

@@ -778,3 +778,9 @@ def test_integer_division_truncates_toward_zero(a: int, b: int) -> None:
         r = pgtypes.int_op("%", pgtypes.Kind.INT8)(a, d)
         assert q * d + r == a
         assert abs(r) < abs(d) and (r == 0 or (r > 0) == (a > 0))
+
+
+def test_only_ascii_digits_and_blanks_are_numbers() -> None:
+    assert "invalid input syntax for type integer" in refused("i4 = '٣'")
+    assert "invalid input syntax for type numeric" in refused("n = '\u00a01'")
+    assert match("i4 = ' 3\t'", {"i4": 3})
