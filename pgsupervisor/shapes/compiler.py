@@ -735,7 +735,13 @@ class Compiler:
         left, right = self.expr(node.lexpr), self.expr(node.rexpr)
         equal = self.compare("=", left, right, node)
         t = self.comparison_type(left.type, right.type, node)
-        if not (left.type.kind in T.INTS and t.kind in T.INTS):  # int2 = int4 exists
+        lk = left.type.kind
+        cross_type = (  # operators such as int24eq, float48eq, date_eq_timestamp
+            (lk in T.INTS and t.kind in T.INTS)
+            or (lk is Kind.FLOAT4 and t.kind is Kind.FLOAT8)
+            or (lk is Kind.DATE and t.kind is Kind.TIMESTAMP)
+        )
+        if not cross_type:
             left = self.coerce(left, t)
         a, eq = left.fn, equal.fn
 

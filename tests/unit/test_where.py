@@ -285,6 +285,8 @@ def test_in_between_distinct(where: str, value: Any, expected: bool) -> None:
         ("NULLIF(i2, 0::numeric) = 'NaN'", {"i2": 1}, False),  # numeric, like =
         ("NULLIF(i2, 1.5) = 2", {"i2": 2}, True),
         ("NULLIF(i2, 0) IS NOT NULL", {"i2": 2}, True),
+        ("NULLIF(f4, 0::float8) = 0.1::real", {"f4": 0.1}, True),  # stays real
+        ("NULLIF(d, ts) = '2024-01-01'", {"d": dt.date(2024, 1, 1), "ts": None}, True),
     ],
 )
 def test_coalesce_and_nullif(where: str, row: dict[str, Any], expected: bool) -> None:
