@@ -1,0 +1,57 @@
+"""A shape's initial rows, read in a snapshot whose xids the stream handoff
+compares against.
+
+Electric's order (``postgres/snapshot_query.ex``): ``REPEATABLE READ READ
+ONLY``, ``pg_current_snapshot()`` and ``pg_current_wal_lsn()`` as the first
+statement, so the snapshot they describe is the one the query reads. Rows
+come through a server-side cursor in batches and are held as tuples, so a
+million-row shape never sits in memory twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from ..replication.lsn import parse_lsn
+from .xid import PgSnapshot, parse_snapshot
+
+__all__ = ["Taken", "take"]
+
+BATCH: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    snapshot: PgSnapshot
+    lsn: int
+    rows: dict[tuple[Any, ...], tuple[Any, ...]]
+    """Primary key tuple -> projected values."""
+
+
+def take(
+    conn: psycopg.Connection[Any],
+    query: sql.Composable,
+    params: tuple[Any, ...] | list[Any],
+    key_width: int,
+) -> Taken:
+    """Run *query* (its first *key_width* columns are the primary key, the
+    rest the projected columns) in a fresh repeatable-read snapshot."""
+    rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute(
+            "SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text"
+        ).fetchone()
+        assert row is not None
+        snapshot, lsn = parse_snapshot(row[0]), parse_lsn(row[1])
+        with conn.cursor(name="pgsupervisor_shape_snapshot") as cur:
+            cur.itersize = BATCH
+            cur.execute(query, params)
+            while batch := cur.fetchmany(BATCH):
+                for values in batch:
+                    rows[values[:key_width]] = values[key_width:]
+    return Taken(snapshot, lsn, rows)
