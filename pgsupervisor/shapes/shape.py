@@ -91,6 +91,7 @@ class Shape:
         self,
         cache: ShapeCache | None,
         table: str,
+        *,
         where: str | None = None,
         params: Iterable[Any] | None = None,
         columns: Iterable[str] | None = None,

@@ -15,6 +15,7 @@ from pgsupervisor.shapes.shape import Invalidated, Plan, Shape, ShapeChange
 from pgsupervisor.shapes.xid import PgSnapshot
 
 NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+EMPTY = PgSnapshot(100, 100, frozenset())
 COLUMNS = ("id", "tenant", "status", "body")
 
 
@@ -66,7 +67,7 @@ def new_shape() -> Shape:
 def live(
     p: Plan,
     rows: dict[tuple[Any, ...], dict[str, Any]] | None = None,
-    snapshot: PgSnapshot = PgSnapshot(100, 100, frozenset()),
+    snapshot: PgSnapshot = EMPTY,
     lsn: int = 10,
 ) -> Shape:
     shape = new_shape()
