@@ -322,8 +322,8 @@ class Shape:
 
     def _update(self, plan: Plan, change: Change, out: list[ShapeChange]) -> None:
         rows = self._rows
-        new = change.new
-        old = change.old
+        new: Mapping[str, Any] | None = change.new
+        old: Mapping[str, Any] | None = change.old
         assert new is not None
         if old is not None and all(c in old for c in plan.key):
             old_key = tuple([old[c] for c in plan.key])

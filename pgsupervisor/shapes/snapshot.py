@@ -34,7 +34,7 @@ class Taken:
 
 def take(
     conn: psycopg.Connection[Any],
-    query: sql.Composable,
+    query: sql.Composed | sql.SQL,
     params: tuple[Any, ...] | list[Any],
     key_width: int,
 ) -> Taken:

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Measure the shape cache: routing cost on the stream, and a big snapshot.
+
+    python scripts/bench_shapes.py [--shapes 1000] [--rows 1000000]
+    python scripts/bench.py shapes ...
+
+``stream``: the same backlog of changes on a table keyed by tenant is
+drained by a Manager without shapes, then by one holding one shape per
+tenant (``tenant = $1``, 1,000 by default). Each run holds the first
+transaction until the backlog is in the WAL, then times the drain. The
+ratio (with shapes / without) is the cost of routing and applying; the goal
+is >= 0.5. The shapes are checked against the server at the end.
+
+``snapshot``: a process builds one shape over a table of --rows rows (no
+WHERE) and reports the time to live and its peak RSS over its baseline,
+next to a plain psycopg ``fetchall()`` of the same rows in another process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
+
+from pgsupervisor import Manager, signals
+from pgsupervisor.testing.cluster import Cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLICATION = "bench_shapes_pub"
+
+
+def _manager(dsn: str, slot: str, tmp: str) -> Manager:
+    return Manager(
+        dsn,
+        stack_id=slot,
+        pool={"size": 6},
+        replication={
+            "slot_name": slot,
+            "publication_name": PUBLICATION,
+            "create_publication": False,
+            "max_pending_changes": 50_000,
+        },
+        timeline={"directory": tmp},
+    )
+
+
+def _backlog(dsn: str, tenants: int, inserts: int, per_tx: int, updates: int) -> int:
+    """Inserts in *per_tx*-row transactions, then one-row updates; returns
+    the number of changes."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (start,) = conn.execute(
+            "SELECT coalesce(max(id), 0) + 1 FROM events"
+        ).fetchone()  # type: ignore[misc]
+        for first in range(start, start + inserts, per_tx):
+            conn.execute(
+                "INSERT INTO events SELECT g, g %% %s, 'payload ' || g, g %% 97"
+                " FROM generate_series(%s::bigint, %s::bigint) g",
+                (tenants, first, first + per_tx - 1),
+            )
+        for i in range(updates):
+            conn.execute(
+                "UPDATE events SET n = n + 1, tenant = (tenant + 1) %% %s"
+                " WHERE id = %s",
+                (tenants, start + (i * 7919) % inserts),
+            )
+    return inserts + updates
+
+
+def _drain(
+    dsn: str, slot: str, tmp: str, tenants: int, shapes: int, work: dict[str, int]
+) -> tuple[float, int, list[Any]]:
+    manager = _manager(dsn, slot, tmp)
+    gate, held, done = threading.Event(), threading.Event(), threading.Event()
+    state = {"expected": -1, "seen": 0}
+
+    def blocker(sender: Manager, transaction: Any) -> None:
+        if not gate.is_set():
+            held.set()
+            gate.wait()
+
+    def counter(sender: Manager, transaction: Any) -> None:
+        state["seen"] += len(transaction.changes)
+        if state["expected"] >= 0 and state["seen"] >= state["expected"]:
+            done.set()
+
+    signals.transaction.connect(blocker, sender=manager)
+    manager.start()
+    manager.wait_active(timeout=60)
+    built = []
+    if shapes:
+        started = time.perf_counter()
+        built = [
+            manager.shape("events", where="tenant = $1", params=[t])
+            for t in range(shapes)
+        ]
+        for shape in built:
+            shape.wait_live(timeout=600)
+        print(
+            f"  {shapes} shapes live in {time.perf_counter() - started:.1f} s"
+            f" ({sum(len(s) for s in built):,} rows held)"
+        )
+    signals.transaction.connect(counter, sender=manager)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO gate DEFAULT VALUES")
+    if not held.wait(60):
+        raise RuntimeError("the gate transaction never arrived")
+    state["seen"] = 0
+    total = _backlog(dsn, tenants, **work)
+    state["expected"] = total
+    started = time.perf_counter()
+    gate.set()
+    if not done.wait(900):
+        raise RuntimeError(f"drained {state['seen']} of {total} changes")
+    took = time.perf_counter() - started
+    return took, total, [manager, built]
+
+
+def _check(dsn: str, shapes: list[Any]) -> int:
+    bad = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for t, shape in enumerate(shapes):
+            if t % 50:
+                continue
+            rows = conn.execute(
+                "SELECT id, tenant, payload, n FROM events WHERE tenant = %s", (t,)
+            ).fetchall()
+            expected = {
+                (r[0],): dict(zip(("id", "tenant", "payload", "n"), r, strict=True))
+                for r in rows
+            }
+            bad += shape.rows != expected
+    return bad
+
+
+def bench_stream(cluster: Cluster, tenants: int, tmp: str) -> None:
+    dsn = cluster.dsn()
+    cluster.execute(
+        "CREATE TABLE events (id bigint PRIMARY KEY, tenant int NOT NULL,"
+        " payload text, n int)"
+    )
+    cluster.execute("ALTER TABLE events REPLICA IDENTITY FULL")
+    cluster.execute("CREATE TABLE gate (id serial PRIMARY KEY)")
+    cluster.execute(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES")
+    cluster.execute(
+        "INSERT INTO events SELECT g, g %% %s, 'payload ' || g, g %% 97"
+        " FROM generate_series(1, %s) g",
+        (tenants, tenants * 20),
+    )
+    work = {"inserts": 100_000, "per_tx": 100, "updates": 20_000}
+    print(
+        f"stream: {work['inserts']:,} inserts in {work['per_tx']}-row transactions"
+        f" + {work['updates']:,} one-row updates, {tenants} tenants"
+    )
+    results = {}
+    for label, shapes in (("no shapes", 0), (f"{tenants} shapes", tenants)):
+        slot = f"bench_{shapes}"
+        took, total, (manager, built) = _drain(dsn, slot, tmp, tenants, shapes, work)
+        results[label] = total / took
+        print(f"  {label:<12} {total:,} changes in {took:.2f} s: {total / took:,.0f}/s")
+        if built:
+            bad = _check(dsn, built)
+            print(f"  shapes differing from the server (every 50th checked): {bad}")
+        manager.drop_replication_slot_on_stop()
+        manager.stop()
+    base, shaped = results["no shapes"], results[f"{tenants} shapes"]
+    print(f"  ratio with/without shapes: {shaped / base:.2f} (goal >= 0.5)")
+
+
+SNAPSHOT_CHILD = r"""
+import resource, sys, time
+sys.path.insert(0, sys.argv[4])
+import psycopg
+from pgsupervisor import Manager
+dsn, mode, tmp = sys.argv[1:4]
+def rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+if mode == "fetchall":
+    with psycopg.connect(dsn) as conn:
+        base = rss_mb()
+        started = time.perf_counter()
+        rows = conn.execute("SELECT id, tenant, payload, n FROM big").fetchall()
+        took = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(len(rows), took, base, peak)
+    sys.exit(0)
+replication = {"slot_name": "bench_snap", "publication_name": "bench_shapes_pub",
+               "create_publication": False}
+manager = Manager(dsn, stack_id="snap", pool={"size": 2}, replication=replication,
+                  timeline={"directory": tmp})
+manager.start()
+manager.wait_active(timeout=60)
+base = rss_mb()
+started = time.perf_counter()
+shape = manager.shape("big")
+shape.wait_live(timeout=900)
+took = time.perf_counter() - started
+print(len(shape), took, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+manager.drop_replication_slot_on_stop()
+manager.stop()
+"""
+
+
+def bench_snapshot(cluster: Cluster, rows: int, tmp: str) -> None:
+    dsn = cluster.dsn()
+    cluster.execute(
+        "CREATE TABLE big (id bigint PRIMARY KEY, tenant int, payload text, n int)"
+    )
+    cluster.execute("ALTER TABLE big REPLICA IDENTITY FULL")
+    cluster.execute(
+        "INSERT INTO big SELECT g, g %% 1000, 'payload ' || g, g %% 97"
+        " FROM generate_series(1, %s) g",
+        (rows,),
+    )
+    cluster.execute("VACUUM ANALYZE big")
+    print(f"snapshot: one shape over {rows:,} rows (bigint, int, text(~14), int)")
+    for mode in ("shape", "fetchall"):
+        out = subprocess.run(
+            [sys.executable, "-c", SNAPSHOT_CHILD, dsn, mode, tmp, str(ROOT)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode:
+            print(f"  {mode}: failed\n{out.stderr[-2000:]}")
+            continue
+        n, took, base, peak = out.stdout.split()[-4:]
+        extra = float(peak) - float(base)
+        label = "shape (to live)" if mode == "shape" else "psycopg fetchall"
+        print(
+            f"  {label:<18} {int(n):,} rows in {float(took):.2f} s, peak RSS"
+            f" {float(peak):,.0f} MB (+{extra:,.0f} MB over baseline,"
+            f" {extra * 1024 * 1024 / int(n):.0f} B/row)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shapes", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--skip", choices=["stream", "snapshot"])
+    args = parser.parse_args(argv)
+    tmp = tempfile.mkdtemp(prefix="pgsupervisor-bench-shapes-")
+    with Cluster(
+        settings={
+            "max_wal_size": "4GB",
+            "max_replication_slots": "20",
+            "logical_decoding_work_mem": "64MB",
+        }
+    ) as cluster:
+        if args.skip != "stream":
+            bench_stream(cluster, args.shapes, tmp)
+        if args.skip != "snapshot":
+            bench_snapshot(cluster, args.rows, tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
