@@ -27,7 +27,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
@@ -91,19 +91,39 @@ class _Route:
     def candidates(self, change: Change) -> Iterable[Shape]:
         if not self.index:
             return self.plain
-        found: set[Shape] = set(self.plain)
+        if len(self.index) == 1 and not self.plain:  # the tenant case
+            ((column, by_value),) = self.index.items()
+            members = _lookup(by_value, change.new, column)
+            if change.old is None:
+                return members or ()
+            more = _lookup(by_value, change.old, column)
+            if not more or more is members:
+                return members or ()
+            return more if not members else members | more
+        found: set[Shape] | None = None
+        new, old = change.new, change.old
         for column, by_value in self.index.items():
-            for row in (change.new, change.old):
-                if row is None:
-                    continue
-                try:
-                    members = by_value.get(row.get(column))
-                except TypeError:
-                    found.update(*by_value.values())
-                    continue
-                if members:
-                    found.update(members)
-        return found
+            members = _lookup(by_value, new, column)
+            if old is not None:
+                more = _lookup(by_value, old, column)
+                if more and more is not members:
+                    members = more if not members else members | more
+            if members:
+                found = set(members) if found is None else found | members
+        if self.plain:
+            return self.plain if found is None else found | self.plain
+        return found or ()
+
+
+def _lookup(
+    by_value: dict[Any, set[Shape]], row: Mapping[str, Any] | None, column: str
+) -> set[Shape] | None:
+    if row is None:
+        return None
+    try:
+        return by_value.get(row.get(column))
+    except TypeError:  # an unhashable value: every shape indexed on the column
+        return set().union(*by_value.values())
 
 
 class ShapeCache:
@@ -314,9 +334,10 @@ class ShapeCache:
                     self._columns_changed(route, change, frozenset(row.keys()))
                 for shape in route.candidates(change):
                     touched.setdefault(shape, []).append(change)
+            listening = signals.shape_changed.has_receivers_for
             for shape, changes in touched.items():
                 try:
-                    out = shape._offer(tx, changes)
+                    out = shape._offer(tx, changes, emit=listening(shape))
                 except Invalidated as exc:
                     self._invalidate(shape, str(exc))
                     continue

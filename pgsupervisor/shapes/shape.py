@@ -15,6 +15,7 @@ underscore methods with the lock held.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -68,9 +69,30 @@ class Plan:
     reads: frozenset[str] = field(default_factory=frozenset)
     """Columns the clause reads."""
 
-    @property
-    def needed(self) -> frozenset[str]:
-        return self.reads | frozenset(self.columns) | frozenset(self.key)
+    key_of: Callable[[Mapping[str, Any]], Key] = field(
+        init=False, repr=False, compare=False
+    )
+    values_of: Callable[[Mapping[str, Any]], tuple[Any, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    needed: frozenset[str] = field(init=False, repr=False, compare=False)
+    """Columns an update must carry (unchanged TOAST values are filled)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_of", _getter(self.key))
+        object.__setattr__(self, "values_of", _getter(self.columns))
+        needed = self.reads | frozenset(self.columns) | frozenset(self.key)
+        object.__setattr__(self, "needed", needed)
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A C-speed ``row -> tuple(row[n] for n in names)``."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda row: (row[name],)
+    if not names:
+        return lambda row: ()
+    return operator.itemgetter(*names)  # type: ignore[return-value]
 
 
 def _handle(seed: int) -> str:
@@ -262,18 +284,25 @@ class Shape:
         return self._handle
 
     def _offer(
-        self, tx: Transaction, changes: Iterable[Change] | None = None
+        self,
+        tx: Transaction,
+        changes: Iterable[Change] | None = None,
+        *,
+        emit: bool = True,
     ) -> list[ShapeChange]:
         """Apply *tx* (or only *changes*, those of it routed here) unless it
         was applied already or the snapshot holds it; return the shape's
-        changes. Raises `Invalidated`."""
+        changes (none built unless *emit*: no one listens). Raises
+        `Invalidated`."""
         if self._buffer is not None:
             self._buffer.append(tx)
             return []
-        if tx.end_lsn <= self._applied_lsn:
+        end_lsn = tx.end_lsn
+        if end_lsn <= self._applied_lsn:
             return []
-        self._applied_lsn = tx.end_lsn
-        self._offset = max(self._offset, tx.end_lsn)
+        self._applied_lsn = end_lsn
+        if end_lsn > self._offset:
+            self._offset = end_lsn
         if self._filtering:
             assert self._snapshot is not None
             if visible(tx.xid, self._snapshot):
@@ -283,22 +312,30 @@ class Shape:
         plan = self._plan
         assert plan is not None
         out: list[ShapeChange] = []
-        for change in tx.changes if changes is None else changes:
-            if change.schema == plan.schema and change.table == plan.table:
-                self._apply(plan, change, out)
+        target = out if emit else None
+        if changes is None:
+            changes = [
+                c for c in tx.changes if c.table == plan.table and c.schema == plan.schema
+            ]
+        for change in changes:
+            self._apply(plan, change, target)
         return out
 
-    def _apply(self, plan: Plan, change: Change, out: list[ShapeChange]) -> None:
+    def _apply(
+        self, plan: Plan, change: Change, out: list[ShapeChange] | None
+    ) -> None:
         op = change.op
         rows = self._rows
         if op == "insert":
             new = change.new
             assert new is not None
             if plan.matches(new):
-                key = tuple([new[c] for c in plan.key])
-                values = tuple([new[c] for c in plan.columns])
+                key = plan.key_of(new)
+                values = plan.values_of(new)
                 held = rows.get(key)
                 rows[key] = values
+                if out is None:
+                    return
                 if held is None:
                     out.append(ShapeChange("insert", key, self._dict(values), None))
                 elif held != values:
@@ -311,49 +348,55 @@ class Shape:
                 raise Invalidated(
                     f"a delete on {plan.schema}.{plan.table} came without its key"
                 )
-            key = tuple([old[c] for c in plan.key])
+            key = plan.key_of(old)
             held = rows.pop(key, None)
-            if held is not None:
+            if held is not None and out is not None:
                 out.append(ShapeChange("delete", key, None, self._dict(held)))
         elif op == "update":
             self._update(plan, change, out)
         elif op == "truncate":
             raise Invalidated(f"{plan.schema}.{plan.table} was truncated")
 
-    def _update(self, plan: Plan, change: Change, out: list[ShapeChange]) -> None:
+    def _update(
+        self, plan: Plan, change: Change, out: list[ShapeChange] | None
+    ) -> None:
         rows = self._rows
         new: Mapping[str, Any] | None = change.new
         old: Mapping[str, Any] | None = change.old
         assert new is not None
         if old is not None and all(c in old for c in plan.key):
-            old_key = tuple([old[c] for c in plan.key])
+            old_key = plan.key_of(old)
         else:
-            old_key = tuple([new[c] for c in plan.key])
+            old_key = plan.key_of(new)
         held = rows.get(old_key)
         new = self._fill_toast(plan, new, old, held)
-        new_key = tuple([new[c] for c in plan.key])
+        new_key = plan.key_of(new)
         keep = plan.matches(new)
         if held is None:
             if keep:  # moved in
-                values = tuple([new[c] for c in plan.columns])
+                values = plan.values_of(new)
                 rows[new_key] = values
-                out.append(ShapeChange("insert", new_key, self._dict(values), None))
+                if out is not None:
+                    out.append(ShapeChange("insert", new_key, self._dict(values), None))
             return
         if not keep:  # moved out
             del rows[old_key]
-            out.append(ShapeChange("delete", old_key, None, self._dict(held)))
+            if out is not None:
+                out.append(ShapeChange("delete", old_key, None, self._dict(held)))
             return
-        values = tuple([new[c] for c in plan.columns])
+        values = plan.values_of(new)
         if new_key != old_key:
             del rows[old_key]
             rows[new_key] = values
-            out.append(ShapeChange("delete", old_key, None, self._dict(held)))
-            out.append(ShapeChange("insert", new_key, self._dict(values), None))
+            if out is not None:
+                out.append(ShapeChange("delete", old_key, None, self._dict(held)))
+                out.append(ShapeChange("insert", new_key, self._dict(values), None))
         elif values != held:
             rows[new_key] = values
-            out.append(
-                ShapeChange("update", new_key, self._dict(values), self._dict(held))
-            )
+            if out is not None:
+                out.append(
+                    ShapeChange("update", new_key, self._dict(values), self._dict(held))
+                )
 
     def _fill_toast(
         self,
