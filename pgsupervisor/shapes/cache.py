@@ -37,7 +37,7 @@ from .. import signals
 from ..replication.pgoutput import Change, Transaction
 from ..status import Status
 from . import publication, snapshot
-from .errors import ShapeError
+from .errors import ShapeError, WhereEvaluationError
 from .plan import make_plan
 from .shape import Invalidated, Plan, Shape
 
@@ -251,11 +251,8 @@ class ShapeCache:
                 if self._wait_active():
                     self._build_once(shape)
             except ShapeError as exc:
-                logger.error("shape on %r cannot be built: %s", shape.table, exc)
                 with self.lock:
-                    self._unroute(shape)
-                    shape.error = exc
-                    shape._set_status("closed")
+                    self._fail(shape, exc)
             except (psycopg.Error, PoolTimeout, OSError) as exc:
                 delay = retry.failed(time.monotonic())
                 with self.lock:
@@ -294,7 +291,7 @@ class ShapeCache:
             handle = shape._subscribe(plan)
             self._route(shape, plan)
         with manager.snapshot_pool.connection() as conn:
-            taken = snapshot.take(conn, *query, len(plan.key))
+            taken = snapshot.take(conn, query, len(plan.key))
         with self.lock:
             try:
                 installed = shape._install(
@@ -341,6 +338,9 @@ class ShapeCache:
                 except Invalidated as exc:
                     self._invalidate(shape, str(exc))
                     continue
+                except WhereEvaluationError as exc:
+                    self._fail(shape, exc)
+                    continue
                 if out:
                     shape._unsent = (tx.end_lsn, out)
                     shape._sent_to = set()
@@ -375,6 +375,13 @@ class ShapeCache:
             plan = shape._plan
             if plan is None or plan.table_columns != columns:
                 self._invalidate(shape, reason)
+
+    def _fail(self, shape: Shape, error: ShapeError) -> None:
+        """*shape* cannot be what was asked for: close it with *error*."""
+        logger.error("shape on %r closed: %s", shape.table, error)
+        self._unroute(shape)
+        shape.error = error
+        shape._set_status("closed")
 
     def _invalidate(self, shape: Shape, reason: str) -> None:
         handle = shape._invalidate(reason)

@@ -18,12 +18,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Query", "make_plan"]
 
-Query = tuple[sql.Composed | sql.SQL, tuple[Any, ...]]
+Query = sql.Composed | sql.SQL
 
 
 def make_plan(conn: psycopg.Connection[Any], shape: Shape) -> tuple[Plan, Query]:
     """Describe *shape*'s table and compile its clause; raise `ShapeError`
-    naming what cannot be served."""
+    naming what cannot be served. The query's parameters are inlined: run
+    it without any."""
     info = describe_table(conn, shape.table)
     if not info.primary_key:
         raise ShapeError(
@@ -50,7 +51,8 @@ def make_plan(conn: psycopg.Connection[Any], shape: Shape) -> tuple[Plan, Query]
                 f" {', '.join(map(repr, unknown))}"
             )
         columns = shape.columns
-    where = compile_where(shape.where, info, shape.params, conn=conn)
+    where = compile_where(shape.where, shape.params, info)
+    where.validate(conn)
     plan = Plan(
         schema=info.schema,
         table=info.name,
@@ -66,8 +68,8 @@ def make_plan(conn: psycopg.Connection[Any], shape: Shape) -> tuple[Plan, Query]
         sql.Identifier(info.schema, info.name),
     )
     if shape.where:
-        select = sql.SQL("{} WHERE {}").format(select, where.sql)
-    return plan, (select, tuple(where.sql_params))
+        select = sql.SQL("{} WHERE {}").format(select, where.to_sql())
+    return plan, select
 
 
 _IDENTITY = {"d": "DEFAULT", "n": "NOTHING", "i": "USING INDEX", "f": "FULL"}

@@ -92,7 +92,7 @@ def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, 
         return lambda row: (row[name],)
     if not names:
         return lambda row: ()
-    return operator.itemgetter(*names)  # type: ignore[return-value]
+    return operator.itemgetter(*names)
 
 
 def _handle(seed: int) -> str:
@@ -301,8 +301,7 @@ class Shape:
         if end_lsn <= self._applied_lsn:
             return []
         self._applied_lsn = end_lsn
-        if end_lsn > self._offset:
-            self._offset = end_lsn
+        self._offset = max(self._offset, end_lsn)
         if self._filtering:
             assert self._snapshot is not None
             if visible(tx.xid, self._snapshot):
@@ -315,15 +314,15 @@ class Shape:
         target = out if emit else None
         if changes is None:
             changes = [
-                c for c in tx.changes if c.table == plan.table and c.schema == plan.schema
+                c
+                for c in tx.changes
+                if c.table == plan.table and c.schema == plan.schema
             ]
         for change in changes:
             self._apply(plan, change, target)
         return out
 
-    def _apply(
-        self, plan: Plan, change: Change, out: list[ShapeChange] | None
-    ) -> None:
+    def _apply(self, plan: Plan, change: Change, out: list[ShapeChange] | None) -> None:
         op = change.op
         rows = self._rows
         if op == "insert":

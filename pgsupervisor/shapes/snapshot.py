@@ -35,7 +35,6 @@ class Taken:
 def take(
     conn: psycopg.Connection[Any],
     query: sql.Composed | sql.SQL,
-    params: tuple[Any, ...] | list[Any],
     key_width: int,
 ) -> Taken:
     """Run *query* (its first *key_width* columns are the primary key, the
@@ -50,7 +49,7 @@ def take(
         snapshot, lsn = parse_snapshot(row[0]), parse_lsn(row[1])
         with conn.cursor(name="pgsupervisor_shape_snapshot") as cur:
             cur.itersize = BATCH
-            cur.execute(query, params)
+            cur.execute(query)
             while batch := cur.fetchmany(BATCH):
                 for values in batch:
                     rows[values[:key_width]] = values[key_width:]
