@@ -47,6 +47,8 @@ def _manager(dsn: str, slot: str, tmp: str) -> Manager:
             "slot_name": slot,
             "publication_name": PUBLICATION,
             "create_publication": False,
+            # Never pause reading: the whole backlog may wait in memory.
+            "max_pending_changes": 1_000_000,
         },
         timeline={"directory": tmp},
     )

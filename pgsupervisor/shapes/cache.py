@@ -136,6 +136,7 @@ class ShapeCache:
         self._routes: dict[tuple[str, str], _Route] = {}
         self._slots: dict[Shape, tuple[tuple[str, str], tuple[str, Any] | None]] = {}
         self._shapes: set[Shape] = set()
+        self.named: dict[str, Shape] = {}  # declared in configuration
         self._queue: queue.SimpleQueue[Shape | object] = queue.SimpleQueue()
         self._busy: set[Shape] = set()  # queued or being built
         self._closing = threading.Event()

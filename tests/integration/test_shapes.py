@@ -518,3 +518,52 @@ def test_raising_receiver_gets_the_changes_again_without_double_apply(
             [ShapeChange("insert", (800,), oracle(dsn, shape)[(800,)], None)]
         ]
         check(dsn, shape)
+
+
+# --- declared in configuration ----------------------------------------------------------
+
+
+def test_flask_config_declares_shapes(repl_db, tmp_path) -> None:
+    from flask import Flask
+
+    from pgsupervisor.contrib.flask import PgSupervisor
+
+    dsn, slot = repl_db
+    setup_items(dsn)
+    app = Flask("shapes")
+    app.config.update(
+        PGSUPERVISOR_DSN=dsn,
+        PGSUPERVISOR_POOL={"size": 4},
+        PGSUPERVISOR_REPLICATION={"slot_name": slot},
+        PGSUPERVISOR_TIMELINE={"directory": str(tmp_path)},
+        PGSUPERVISOR_SHAPES={
+            "open_items": {"table": "items", "where": "status = $1", "params": ["open"]}
+        },
+    )
+    pgs = PgSupervisor(app)
+
+    @app.get("/open")
+    def open_items() -> dict[str, Any]:
+        shape = pgs.shape("open_items")
+        shape.wait_live(timeout=20)
+        return {"ids": sorted(k[0] for k in shape.rows)}
+
+    try:
+        response = app.test_client().get("/open")
+        assert response.status_code == 200
+        expected = execute_one(dsn, "select id from items where status = 'open'")
+        assert response.json == {"ids": sorted(r[0] for r in expected)}
+        with pytest.raises(KeyError, match="open_items"):
+            pgs.shape("closed_items")
+    finally:
+        pgs.manager.stop()
+
+
+def test_declared_shapes_are_checked() -> None:
+    from pgsupervisor.shapes.declare import declare
+
+    manager = Manager("dbname=unused", replication={"slot_name": "unused"})
+    with pytest.raises(ShapeError, match="needs at least a 'table'"):
+        declare(manager, {"a": {"where": "x = 1"}})
+    with pytest.raises(ShapeError, match="unknown option"):
+        declare(manager, {"a": {"table": "t", "wher": "x = 1"}})
