@@ -19,11 +19,14 @@ next to a plain psycopg ``fetchall()`` of the same rows in another process.
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 
 from pgsupervisor import Manager, signals
+from pgsupervisor.replication.pgoutput import Change, Transaction
+from pgsupervisor.shapes.cache import ShapeCache
+from pgsupervisor.shapes.catalog import ColumnInfo, TableInfo
+from pgsupervisor.shapes.shape import Plan, Shape
+from pgsupervisor.shapes.where import compile_where
+from pgsupervisor.shapes.xid import PgSnapshot
 from pgsupervisor.testing.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,8 +56,6 @@ def _manager(dsn: str, slot: str, tmp: str) -> Manager:
             "slot_name": slot,
             "publication_name": PUBLICATION,
             "create_publication": False,
-            # Never pause reading: the whole backlog may wait in memory.
-            "max_pending_changes": 1_000_000,
         },
         timeline={"directory": tmp},
     )
@@ -225,6 +232,81 @@ def rates_order(round_: int, tenants: int) -> list[tuple[str, int]]:
     return runs if round_ % 2 == 0 else runs[::-1]
 
 
+def bench_routing(tenants: int) -> None:
+    """The cache's ``transaction`` receiver alone, on decoded transactions
+    built in memory (no server, no decoding): what routing and applying cost
+    per change, with a real compiled clause per shape."""
+
+    def column(name: str, oid: int, type_name: str, base: str) -> ColumnInfo:
+        return ColumnInfo(name, oid, type_name, oid, None, None, True, base)
+
+    info = TableInfo(
+        "public",
+        "events",
+        1,
+        {
+            "id": column("id", 20, "bigint", "pg_catalog.int8"),
+            "tenant": column("tenant", 23, "integer", "pg_catalog.int4"),
+            "payload": column("payload", 25, "text", "pg_catalog.text"),
+            "n": column("n", 23, "integer", "pg_catalog.int4"),
+        },
+        ("id",),
+        "f",
+    )
+    names = tuple(info.columns)
+    cache = ShapeCache(_Standalone())  # type: ignore[arg-type]
+    per_tenant = 20
+    for t in range(tenants):
+        where = compile_where("tenant = $1", [t], info)
+        plan = Plan(
+            "public", "events", ("id",), names, frozenset(names), where.matches,
+            tuple(where.equalities.items()), where.columns,
+        )  # fmt: skip
+        shape = Shape(cache, "events", where="tenant = $1", params=[t])
+        rows = {
+            (i,): (i, t, f"payload {i}", i % 97)
+            for i in range(t * per_tenant, (t + 1) * per_tenant)
+        }
+        with cache.lock:
+            handle = shape._subscribe(plan)
+            cache._route(shape, plan)
+            shape._install(handle, rows, PgSnapshot(1, 1, frozenset()), 1)
+    now = datetime.now(timezone.utc)
+    txs = []
+    lsn, next_id = 100, tenants * per_tenant
+    for _ in range(1000):  # 100k inserts in 100-row transactions
+        changes = []
+        for _ in range(100):
+            row = {"id": next_id, "tenant": next_id % tenants, "payload": "p", "n": 1}
+            changes.append(Change("insert", "public", "events", row, None))
+            next_id += 1
+        lsn += 10
+        txs.append(Transaction(lsn, lsn - 1, lsn, now, changes))
+    for k in range(20_000):  # one-row updates that move a row to the next tenant
+        i = (k * 7919) % next_id
+        old = {"id": i, "tenant": i % tenants, "payload": "p", "n": 1}
+        new = {**old, "tenant": (i + 1) % tenants, "n": 2}
+        lsn += 10
+        change = Change("update", "public", "events", new, old)
+        txs.append(Transaction(lsn, lsn - 1, lsn, now, [change]))
+    total = sum(len(tx.changes) for tx in txs)
+    started = time.perf_counter()
+    for tx in txs:
+        cache._on_transaction(None, transaction=tx)
+    took = time.perf_counter() - started
+    print(
+        f"routing: the shape cache alone, {tenants} shapes, {total:,} changes"
+        f" (100k inserts in 100-row transactions, 20k one-row updates):"
+        f" {took:.2f} s, {total / took:,.0f} changes/s"
+    )
+
+
+class _Standalone:
+    """Stands in for the Manager the cache would hang its receivers on."""
+
+    stack_id = "bench"
+
+
 SNAPSHOT_CHILD = r"""
 import resource, sys, time
 sys.path.insert(0, sys.argv[4])
@@ -302,9 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--skip", choices=["stream", "snapshot"])
+    parser.add_argument("--skip", choices=["stream", "snapshot", "routing"])
     args = parser.parse_args(argv)
+    # A stuck run can be inspected (kill -USR1) and stopped (kill -TERM)
+    # without leaving its server behind.
+    faulthandler.register(signal.SIGUSR1)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     tmp = tempfile.mkdtemp(prefix="pgsupervisor-bench-shapes-")
+    if args.skip != "routing":
+        bench_routing(args.shapes)
     with Cluster(
         settings={
             "max_wal_size": "4GB",
