@@ -292,7 +292,7 @@ class ShapeCache:
             handle = shape._subscribe(plan)
             self._route(shape, plan)
         with manager.snapshot_pool.connection() as conn:
-            taken = snapshot.take(conn, query, len(plan.key))
+            taken = snapshot.take(conn, query, plan.key_positions, len(plan.columns))
         with self.lock:
             try:
                 installed = shape._install(

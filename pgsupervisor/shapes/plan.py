@@ -64,7 +64,7 @@ def make_plan(conn: psycopg.Connection[Any], shape: Shape) -> tuple[Plan, Query]
         reads=frozenset(where.columns),
     )
     select = sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join(sql.Identifier(c) for c in info.primary_key + columns),
+        sql.SQL(", ").join(sql.Identifier(c) for c in plan.selected),
         sql.Identifier(info.schema, info.name),
     )
     if shape.where:

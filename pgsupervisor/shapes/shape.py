@@ -77,12 +77,20 @@ class Plan:
     )
     needed: frozenset[str] = field(init=False, repr=False, compare=False)
     """Columns an update must carry (unchanged TOAST values are filled)."""
+    selected: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """What the snapshot selects: the projected columns, then any key column
+    not among them; the key is read from the same value objects."""
+    key_positions: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key_of", _getter(self.key))
         object.__setattr__(self, "values_of", _getter(self.columns))
         needed = self.reads | frozenset(self.columns) | frozenset(self.key)
         object.__setattr__(self, "needed", needed)
+        selected = self.columns + tuple(c for c in self.key if c not in self.columns)
+        object.__setattr__(self, "selected", selected)
+        positions = tuple(selected.index(c) for c in self.key)
+        object.__setattr__(self, "key_positions", positions)
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:

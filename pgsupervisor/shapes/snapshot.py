@@ -10,6 +10,8 @@ million-row shape never sits in memory twice.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -20,6 +22,14 @@ from ..replication.lsn import parse_lsn
 from .xid import PgSnapshot, parse_snapshot
 
 __all__ = ["Taken", "take"]
+
+
+def _getter(positions: tuple[int, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    if len(positions) == 1:
+        (i,) = positions
+        return lambda values: (values[i],)
+    return operator.itemgetter(*positions)
+
 
 BATCH: Final = 10_000
 
@@ -35,10 +45,12 @@ class Taken:
 def take(
     conn: psycopg.Connection[Any],
     query: sql.Composed | sql.SQL,
-    key_width: int,
+    key_positions: tuple[int, ...],
+    width: int,
 ) -> Taken:
-    """Run *query* (its first *key_width* columns are the primary key, the
-    rest the projected columns) in a fresh repeatable-read snapshot."""
+    """Run *query* in a fresh repeatable-read snapshot: its first *width*
+    columns are the projected ones, *key_positions* say where the primary
+    key's columns are (the key shares their value objects)."""
     rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -50,7 +62,10 @@ def take(
         with conn.cursor(name="pgsupervisor_shape_snapshot") as cur:
             cur.itersize = BATCH
             cur.execute(query)
+            key_of = _getter(key_positions)
             while batch := cur.fetchmany(BATCH):
                 for values in batch:
-                    rows[values[:key_width]] = values[key_width:]
+                    rows[key_of(values)] = (
+                        values if len(values) == width else values[:width]
+                    )
     return Taken(snapshot, lsn, rows)
