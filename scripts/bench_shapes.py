@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import logging
 import signal
 import subprocess
 import sys
@@ -95,27 +96,23 @@ class _Drainer:
         self.seen = 0
         self.gates = 0
         self.rates: list[float] = []
-        signals.transaction.connect(self.blocker, sender=self.manager)
+        # Strong references, disconnected at stop(): a later Manager may get
+        # this one's id, and a stale weak entry would shadow its receivers.
+        signals.transaction.connect(self.receiver, sender=self.manager, weak=False)
         self.manager.start()
         self.manager.wait_active(timeout=60)
 
-    def blocker(self, sender: Manager, transaction: Any) -> None:
+    def receiver(self, sender: Manager, transaction: Any) -> None:
+        """Hold the first transaction until released, then count. One
+        receiver: blinker does not promise an order between receivers."""
         if not self.gate.is_set():
             self.held.set()
             self.gate.wait()
-
-    def counter(self, sender: Manager, transaction: Any) -> None:
-        if not self.gate.is_set():
-            return
         self.seen += len(transaction.changes)
         if any(c.table == "gate" for c in transaction.changes):
             self.gates += 1
             if self.gates == 2:  # the gate, then the end marker
                 self.done.set()
-
-    def listen(self) -> None:
-        """Count from now on (connected after the shape cache's receiver)."""
-        signals.transaction.connect(self.counter, sender=self.manager)
 
     def arm(self) -> None:
         self.gate.clear()
@@ -143,6 +140,7 @@ class _Drainer:
         self.gate.set()
         self.manager.drop_replication_slot_on_stop()
         self.manager.stop()
+        signals.transaction.disconnect(self.receiver, sender=self.manager)
 
 
 def _check(dsn: str, shapes: list[Any]) -> int:
@@ -201,7 +199,6 @@ def bench_stream(cluster: Cluster, tenants: int, tmp: str, rounds: int) -> None:
                         f"  {count} shapes live in {took:.1f} s"
                         f" ({sum(len(s) for s in built):,} rows held)"
                     )
-                drainer.listen()
                 drainer.arm()
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute("INSERT INTO gate DEFAULT VALUES")
@@ -395,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     # A stuck run can be inspected (kill -USR1) and stopped (kill -TERM)
     # without leaving its server behind.
     faulthandler.register(signal.SIGUSR1)
+    logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     tmp = tempfile.mkdtemp(prefix="pgsupervisor-bench-shapes-")
     if "routing" not in args.skip:
