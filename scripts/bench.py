@@ -4,6 +4,7 @@
     python scripts/bench.py pool [--dsn DSN] [--seconds 2] [--size 8]
     python scripts/bench.py overload [--size 8] [--seconds 10]
     python scripts/bench.py replication [--big-mb 500]
+    python scripts/bench.py shapes [--shapes 1000] [--rows 1000000]  (bench_shapes.py)
 
 ``pool``: checkout + ``select 1`` + return through ``manager.snapshot_pool``
 vs a raw ``psycopg_pool.ConnectionPool`` of the same size, with 1 and 8
@@ -506,7 +507,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["pool", "overload", "replication"])
+    parser.add_argument("what", choices=["pool", "overload", "replication", "shapes"])
     parser.add_argument(
         "--big-mb",
         type=int,
@@ -525,6 +526,10 @@ def main() -> int:
     )
     parser.add_argument("--size", type=int, default=8)
     parser.add_argument("--outage", type=float, default=3.0)
+    if sys.argv[1:2] == ["shapes"]:  # its own options: see bench_shapes.py
+        from bench_shapes import main as bench_shapes  # noqa: PLC0415
+
+        return bench_shapes(sys.argv[2:])
     args = parser.parse_args()
     if args.what == "replication":
         bench_replication(args.big_mb)
