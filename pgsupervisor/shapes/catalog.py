@@ -58,6 +58,8 @@ class TableInfo:
     replica_identity: ReplicaIdentity
     default_c_collation: bool = False
     """The database's default collation orders by code point (C/POSIX)."""
+    encoding: str = "UTF8"
+    """The database's encoding: "C" orders by code point only in UTF8, LATIN1."""
 
     @property
     def qualified_name(self) -> str:
@@ -73,7 +75,8 @@ WHERE c.oid = pg_catalog.to_regclass(%s)
 """
 
 # Domains are followed down to their base type; the default collation is
-# resolved to the database's locale (libc) or marked non-C (ICU).
+# resolved to the database's locale (libc) or marked non-C (ICU). Byte order
+# is code point order only in UTF8 and LATIN1.
 _COLUMNS = """
 WITH RECURSIVE chain AS (
     SELECT a.attnum, t.oid, t.typtype, t.typbasetype, 0 AS depth
@@ -100,7 +103,7 @@ SELECT a.attname, a.atttypid,
             ELSE co.collprovider = 'c'
                  AND co.collcollate IN ('C', 'POSIX')
                  AND co.collctype IN ('C', 'POSIX')
-       END,
+       END AND pg_catalog.pg_encoding_to_char(d.encoding) IN ('UTF8', 'LATIN1'),
        coalesce(co.collisdeterministic, true),
        CASE WHEN base.typtype = 'e' THEN
             ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e
@@ -117,9 +120,11 @@ WHERE a.attrelid = %(oid)s AND d.datname = pg_catalog.current_database()
 ORDER BY a.attnum
 """
 
-_DEFAULT_C = """
-SELECT coalesce(pg_catalog.to_jsonb(d) ->> 'datlocprovider', 'c') = 'c'
+_DATABASE = """
+SELECT pg_catalog.pg_encoding_to_char(d.encoding),
+       coalesce(pg_catalog.to_jsonb(d) ->> 'datlocprovider', 'c') = 'c'
        AND d.datcollate IN ('C', 'POSIX') AND d.datctype IN ('C', 'POSIX')
+       AND pg_catalog.pg_encoding_to_char(d.encoding) IN ('UTF8', 'LATIN1')
 FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()
 """
 
@@ -176,7 +181,9 @@ def describe_table(conn: psycopg.Connection[Any], table: str) -> TableInfo:
                 deterministic=deterministic,
             )
         key = tuple(r[0] for r in cur.execute(_PRIMARY_KEY, {"oid": oid}).fetchall())
-        default_c = cur.execute(_DEFAULT_C).fetchone()
+        database = cur.execute(_DATABASE).fetchone()
+        assert database is not None
+        encoding, default_c = database
     if not key:
         raise ShapeError(
             f"table {schema}.{name} has no primary key: a shape keys its rows by "
@@ -189,5 +196,6 @@ def describe_table(conn: psycopg.Connection[Any], table: str) -> TableInfo:
         columns=columns,
         primary_key=key,
         replica_identity=replident,
-        default_c_collation=bool(default_c and default_c[0]),
+        default_c_collation=default_c,
+        encoding=encoding,
     )

@@ -198,7 +198,7 @@ def f4_exact(x: Fraction) -> float:
         e -= 1
     e = max(e, -149)
     m = round(a / Fraction(2) ** e)
-    value = math.ldexp(m, e) if m.bit_length() + e < 1100 else math.inf
+    value = math.ldexp(m, e) if m.bit_length() + e <= 129 else math.inf
     if value > FLT_MAX:
         value = math.inf
     return value if x > 0 else -value
@@ -206,8 +206,10 @@ def f4_exact(x: Fraction) -> float:
 
 # --- input functions (text -> value) ----------------------------------------
 
-_INT_RE = re.compile(r"\s*([+-]?\d+)\s*\Z")
-_NUM_RE = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*\Z")
+# re.ASCII: the server's digits and blanks are ASCII only.
+_BLANKS = " \t\n\r\f\v"
+_INT_RE = re.compile(r"\s*([+-]?\d+)\s*\Z", re.ASCII)
+_NUM_RE = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*\Z", re.ASCII)
 _NUM_SPECIAL = {
     "nan": Decimal("NaN"),
     "infinity": Decimal("Infinity"),
@@ -230,7 +232,8 @@ _FLOAT_SPECIAL = {
 }
 _TS_RE = re.compile(
     r"\s*(\d{4})-(\d\d)-(\d\d)(?:[ Tt](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)?)?"
-    r"\s*(Z|z|UTC|[+-]\d\d(?::?\d\d)?)?\s*\Z"
+    r"\s*(Z|z|UTC|[+-]\d\d(?::?\d\d)?)?\s*\Z",
+    re.ASCII,
 )
 
 
@@ -243,7 +246,7 @@ def check_int(kind: Kind, v: int) -> int:
 
 def parse_bool(s: str) -> bool:
     """``boolin``: a prefix of true/false/yes/no, on, of(f), 1 or 0."""
-    w = s.strip().lower()
+    w = s.strip(_BLANKS).lower()
     if w:
         if "true".startswith(w) or "yes".startswith(w) or w in ("on", "1"):
             return True
@@ -253,7 +256,7 @@ def parse_bool(s: str) -> bool:
 
 
 def parse_numeric(s: str) -> Decimal:
-    special = _NUM_SPECIAL.get(s.strip().lower())
+    special = _NUM_SPECIAL.get(s.strip(_BLANKS).lower())
     if special is not None:
         return special
     m = _NUM_RE.match(s)
@@ -263,7 +266,7 @@ def parse_numeric(s: str) -> Decimal:
 
 
 def parse_float(kind: Kind, s: str) -> float:
-    special = _FLOAT_SPECIAL.get(s.strip().lower())
+    special = _FLOAT_SPECIAL.get(s.strip(_BLANKS).lower())
     if special is not None:
         return special
     m = _NUM_RE.match(s)
@@ -339,11 +342,11 @@ def parse_input(t: PgType, s: str) -> Any:
     if k in STRINGS or k is Kind.UNKNOWN:
         return s
     if k is Kind.DATE:
-        return parse_timestamp(Kind.TIMESTAMP, s, what="date").date()
+        return parse_timestamp(Kind.TIMESTAMP, s, what="date").toordinal()
     if k in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
         return parse_timestamp(k, s)
     if k is Kind.UUID:
-        text = s.strip()
+        text = s.strip(_BLANKS)
         if text.startswith("{") and text.endswith("}"):
             text = text[1:-1]
         if not re.fullmatch(r"[0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7}", text):
@@ -367,7 +370,9 @@ def to_text(t: PgType, v: Any) -> str:
         return "true" if v else "false"
     if k in FLOATS:
         return repr(v)
-    if k in (Kind.DATE, Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
+    if k is Kind.DATE:
+        return ordinal_date(v).isoformat()
+    if k in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
         return str(v.isoformat())
     return str(v)
 
@@ -394,7 +399,7 @@ def from_python(t: PgType, v: Any) -> Any:
             return v
     elif isinstance(v, dt.date):
         if k is Kind.DATE:
-            return v
+            return v.toordinal()
     elif isinstance(v, uuid.UUID) and k is Kind.UUID:
         return v
     raise PgValueError(f"a Python {type(v).__name__} ({v!r}) is not a {t} value")
@@ -415,6 +420,12 @@ def row_reader(t: PgType) -> Callable[[Any], Any] | None:
         return read_f4
     if k in STRINGS or k is Kind.ENUM:
         return None
+    if k is Kind.DATE:
+
+        def read_date(v: Any) -> Any:
+            return parse_input(t, v) if isinstance(v, str) else v.toordinal()
+
+        return read_date
 
     def read(v: Any) -> Any:
         return parse_input(t, v) if isinstance(v, str) else v
@@ -552,12 +563,13 @@ def _same(v: Any) -> Any:
     return v
 
 
-def _datetime_date(v: dt.datetime) -> dt.date:
-    return v.date()
+def _datetime_date(v: dt.datetime) -> int:
+    return v.toordinal()
 
 
-def _date_datetime(v: dt.date) -> dt.datetime:
-    return dt.datetime(v.year, v.month, v.day)
+def _date_datetime(v: int) -> dt.datetime:
+    d = ordinal_date(v)
+    return dt.datetime(d.year, d.month, d.day)
 
 
 def apply_typmod(t: PgType, mods: tuple[int, ...], v: Any) -> Any:
@@ -719,13 +731,35 @@ def numeric_op(op: str) -> Callable[[Decimal, Decimal], Decimal]:
     return {"+": add, "-": sub, "*": mul, "/": numeric_div, "%": mod}[op]
 
 
-def date_plus_days(d: dt.date, n: int) -> dt.date:
+# Dates are day numbers (proleptic Gregorian ordinals, 0001-01-01 = 1), so
+# arithmetic reaches past the years Python's date can hold, as the server's.
+_PG_EPOCH = dt.date(2000, 1, 1).toordinal()
+_DATE_MIN = _PG_EPOCH - 2451545  # 4714-11-24 BC
+_DATE_END = _PG_EPOCH + 2147483494 - 2451545
+
+
+def ordinal_date(v: int) -> dt.date:
     try:
-        return d + dt.timedelta(days=n)
-    except OverflowError:
+        return dt.date.fromordinal(v)
+    except (ValueError, OverflowError):
         raise PgValueError(
-            "date out of the range Python can represent (years 1 to 9999)"
+            "a date outside the years 1 to 9999, which Python cannot represent"
         ) from None
+
+
+def date_plus_days(d: int, n: int) -> int:
+    r = d + n
+    if not _DATE_MIN <= r < _DATE_END:
+        raise PgValueError("date out of range")
+    return r
+
+
+def absolute(kind: Kind) -> Callable[[Any], Any]:
+    if kind in INTS:
+        return lambda v: check_int(kind, abs(v))
+    if kind is Kind.NUMERIC:
+        return lambda v: v if v.is_nan() else EXACT.abs(v)
+    return abs
 
 
 def negate(kind: Kind) -> Callable[[Any], Any]:
