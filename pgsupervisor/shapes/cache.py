@@ -254,6 +254,9 @@ class ShapeCache:
             except ShapeError as exc:
                 with self.lock:
                     self._fail(shape, exc)
+            except psycopg.DataError as exc:  # the server cannot evaluate it
+                with self.lock:
+                    self._fail(shape, ShapeError(f"the shape's SELECT failed: {exc}"))
             except (psycopg.Error, PoolTimeout, OSError) as exc:
                 delay = retry.failed(time.monotonic())
                 with self.lock:

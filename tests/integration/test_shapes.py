@@ -567,3 +567,19 @@ def test_declared_shapes_are_checked() -> None:
         declare(manager, {"a": {"where": "x = 1"}})
     with pytest.raises(ShapeError, match="unknown option"):
         declare(manager, {"a": {"table": "t", "wher": "x = 1"}})
+
+
+def test_a_clause_the_server_cannot_evaluate_closes_the_shape(
+    repl_db, tmp_path
+) -> None:
+    """The SELECT fails on a row (integer overflow): a ShapeError, not a
+    retry loop."""
+    dsn, slot = repl_db
+    setup_items(dsn, rows=5)
+    execute(dsn, "update items set n = 2147483647 where id = 1")
+    manager = make_manager(dsn, slot, tmp_path)
+    with running(manager):
+        shape = manager.shape("items", where="n * 2 > 0")
+        with pytest.raises(ShapeError, match="out of range"):
+            shape.wait_live(timeout=20)
+        assert shape.status == "closed"
