@@ -583,3 +583,23 @@ def test_a_clause_the_server_cannot_evaluate_closes_the_shape(
         with pytest.raises(ShapeError, match="out of range"):
             shape.wait_live(timeout=20)
         assert shape.status == "closed"
+
+
+def test_readme_shapes_block_runs(repl_db) -> None:
+    from .test_readme import run_block
+
+    dsn, _ = repl_db
+    execute(
+        dsn,
+        "create table orders (id int primary key, status text, total numeric)",
+        "alter table orders replica identity full",
+        "insert into orders values (42, 'open', 150), (43, 'open', 50), (44, 'done', 500)",
+    )
+    ns = run_block("Shapes", dsn, dsn=dsn)
+    manager = ns["manager"]
+    try:
+        assert ns["rows"] == {(42,): {"id": 42, "status": "open", "total": 150}}
+        assert ns["shape"].status == "closed"
+    finally:
+        manager.drop_replication_slot_on_stop()
+        manager.stop()
