@@ -414,6 +414,8 @@ class Shape:
     ) -> Mapping[str, Any]:
         """Replace unchanged TOASTed values the shape needs with the old
         row's (REPLICA IDENTITY FULL sends it whole), else the held row's."""
+        if type(new) is dict and UNCHANGED_TOAST not in new.values():
+            return new  # the common case, checked in C
         missing = [c for c in plan.needed if new.get(c) is UNCHANGED_TOAST]
         if not missing:
             return new
