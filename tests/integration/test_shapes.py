@@ -270,6 +270,9 @@ def test_replica_identity_is_required_or_set_when_allowed(
         ).fetchone()
     assert row == ("f",)
     assert "REPLICA IDENTITY FULL on public.plain" in all_logs.text
+    assert (
+        "FOR ALL TABLES" in all_logs.text and "no publication barrier" in all_logs.text
+    )
 
 
 def test_nulls_in_predicates(repl_db, tmp_path) -> None:
