@@ -1,5 +1,8 @@
+"""``python -m pgsupervisor``: the same program as the ``pgsupervisor`` script."""
+
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,14 +4,16 @@
 slot's committed transactions as JSON lines (or text), decoded and typed.
 ``status``: the server's replication settings, slots and publications.
 
-Exit codes: 0 success (also after Ctrl-C on ``watch``), 1 a failure at run
-time (the server refused, the manager FAILED), 2 bad usage or configuration.
+Exit codes: 0 success (``watch``: stopped by Ctrl-C or SIGTERM after it
+streamed), 1 a failure at run time (the server refused, the manager FAILED,
+``watch`` stopped before it streamed), 2 bad usage or configuration, 130 the
+demo interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import contextlib
 import json
 import logging
 import signal
@@ -20,368 +22,162 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from decimal import Decimal
 from typing import Any, TextIO
 
 import psycopg
-from psycopg_pool import PoolTimeout
 
-from . import signals
+from . import __version__, signals
 from .backoff import Backoff
-from .errors import OptionError, PgSupervisorError, classify
+from .errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    PgSupervisorError,
+    classify,
+    is_fatal,
+    redact,
+)
 from .manager import Manager
 from .options import ConnInfo
-from .replication import UNCHANGED_TOAST, Transaction, format_lsn
+from .render import (
+    iso_interval_adapters,
+    jsonable,
+    transaction_json,
+    transaction_text,
+)
+from .replication import Transaction
 from .status import Status
+from .timeline import default_directory
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "run_watch"]
 
-DEMO_PASSWORD = "demo-password"
-DEMO_TABLE = "public.pgsupervisor_demo_orders"
-
-
-class Printer:
-    """One readable line per lifecycle event, with the time since start."""
-
-    def __init__(self, out: TextIO):
-        self.out = out
-        self.t0 = time.monotonic()
-
-    def line(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.t0:7.3f}s] {text}", file=self.out, flush=True)
-
-    def connect(self, manager: Manager) -> None:
-        def status_changed(sender: Manager, old: Status, new: Status) -> None:
-            self.line(f"status {old.value} -> {new.value}  ({sender.status_reason})")
-
-        def connected(sender: Manager, role: str, connection_id: int) -> None:
-            self.line(f"connected: {role} connection (backend pid {connection_id})")
-
-        def disconnected(
-            sender: Manager, role: str, connection_id: int, error: BaseException | None
-        ) -> None:
-            why = f": {error}" if error else ""
-            self.line(f"disconnected: {role} connection (backend {connection_id}){why}")
-
-        def connection_error(
-            sender: Manager,
-            role: str,
-            error: BaseException,
-            attempt: int,
-            delay: float | None,
-        ) -> None:
-            then = "giving up" if delay is None else f"retry in {delay:.2f}s"
-            self.line(f"connection error #{attempt} ({role}): {then}")
-
-        self._receivers = [status_changed, connected, disconnected, connection_error]
-        signals.status_changed.connect(status_changed, sender=manager)
-        signals.connected.connect(connected, sender=manager)
-        signals.disconnected.connect(disconnected, sender=manager)
-        signals.connection_error.connect(connection_error, sender=manager)
+# The stream warns after this long when slot creation waits for running
+# transactions; a person at a terminal wants to know sooner than a service.
+SLOT_WAIT_WARNING = 2.0
 
 
-@contextmanager
-def _throwaway_server(printer: Printer) -> Iterator[tuple[str, Any]]:
-    from .testing.cluster import Cluster  # noqa: PLC0415
-
-    cluster = Cluster()
-    printer.line(f"starting a throw-away PostgreSQL from {cluster.bindir} ...")
-    try:
-        cluster.start()
-        dsn = cluster.create_user(
-            "demo", DEMO_PASSWORD, database="demo", replication=True
-        )
-        printer.line(
-            f"server ready on 127.0.0.1:{cluster.port} (data in {cluster.base})"
-        )
-        yield dsn, cluster
-    finally:
-        cluster.cleanup()
-        printer.line("throw-away server removed")
-
-
-def _queries(manager: Manager, printer: Printer, n: int = 200) -> None:
-    started = time.perf_counter()
-    for i in range(n):
-        with manager.snapshot_pool.connection() as conn:
-            conn.execute("SELECT %s::int + 1", (i,)).fetchone()
-    elapsed = time.perf_counter() - started
-    with manager.snapshot_pool.connection() as conn:
-        row = conn.execute("SELECT current_setting('server_version')").fetchone()
-    version = row[0] if row else "?"
-    printer.line(
-        f"{n} queries through snapshot_pool in {elapsed * 1000:.1f} ms"
-        f" ({elapsed / n * 1e6:.0f} µs each); server {version}"
+def configure_logging(args: argparse.Namespace, default: int) -> None:
+    """Library log records to stderr: *default* level for pgsupervisor,
+    ``-v`` INFO, ``-vv`` DEBUG, or ``--log-level``. psycopg's own records
+    (e.g. the pool discarding a connection we already reported) only at
+    DEBUG."""
+    name = getattr(args, "log_level", None)
+    verbose = getattr(args, "verbose", 0) or 0
+    if name:
+        level = logging.getLevelName(name.upper())
+    else:
+        level = {0: default, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     )
-
-
-def _outage(manager: Manager, cluster: Any, printer: Printer) -> None:
-    printer.line("stopping the server (fast shutdown) while the app is idle ...")
-    stopped = time.monotonic()
-    cluster.stop("fast")
-    manager.wait_status(Status.STARTING, timeout=10)
-    printer.line(f"outage noticed {time.monotonic() - stopped:.3f}s after the stop")
-    time.sleep(1.0)  # ok-sleep: a demo pause so a few retries show
-    cluster.start()
-    ready = time.monotonic()
-    printer.line("server is accepting connections again")
-    manager.wait_active(timeout=30)
-    printer.line(
-        f"ACTIVE again {time.monotonic() - ready:.3f}s after the server was ready"
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("pgsupervisor").setLevel(level)
+    logging.getLogger("psycopg").setLevel(
+        level if level <= logging.DEBUG else max(level, logging.ERROR)
     )
-
-
-class Deliveries:
-    """The demo's `transaction` receiver: prints while *verbose*, and counts
-    every delivered row id to prove nothing was lost or doubled."""
-
-    def __init__(self, printer: Printer):
-        self.printer = printer
-        self.verbose = True
-        self.ids: list[int] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, sender: Manager, transaction: Transaction) -> None:
-        with self._lock:
-            for change in transaction.changes:
-                if change.op == "insert" and change.new:
-                    self.ids.append(change.new["id"])
-        if self.verbose:
-            shown = ", ".join(
-                f"{c.op} {c.table} {c.new if c.new is not None else c.old}"
-                for c in transaction.changes[:2]
-            )
-            more = len(transaction.changes) - 2
-            at = format_lsn(transaction.end_lsn)
-            tail = f" (+{more} more)" if more > 0 else ""
-            self.printer.line(
-                f"transaction xid {transaction.xid} at {at}: {shown}{tail}"
-            )
-
-
-def _prepare_table(dsn: str) -> None:
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {DEMO_TABLE} (id int PRIMARY KEY,"
-                " item text NOT NULL, price numeric(10, 2), placed timestamptz"
-                " DEFAULT now(), details jsonb)"
-            )
-    except psycopg.Error as exc:
-        info = ConnInfo(dsn)
-        raise classify(exc, context=info.describe(), secrets=info.secrets) from None
-
-
-def _drop_table(manager: Manager) -> None:
-    with manager.admin_pool.connection(timeout=10) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {DEMO_TABLE}")
-
-
-def _write_rows(manager: Manager, printer: Printer, deliveries: Deliveries) -> None:
-    printer.line(f"writing 3 transactions to {DEMO_TABLE} through snapshot_pool ...")
-    with manager.snapshot_pool.connection() as conn:
-        conn.execute(
-            f"INSERT INTO {DEMO_TABLE} (id, item, price, details) VALUES"
-            " (1, 'coffee', 3.50, '{\"size\": \"large\"}'), (2, 'tea', 2.80, NULL)"
-        )
-        conn.commit()
-        conn.execute(f"UPDATE {DEMO_TABLE} SET price = 3.20 WHERE id = 2")
-        conn.commit()
-        conn.execute(f"DELETE FROM {DEMO_TABLE} WHERE id = 1")
-        conn.commit()
-    _wait_until(lambda: len(deliveries.ids) >= 2, 10)
-
-
-def _wait_until(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate() and time.monotonic() < deadline:
-        pause.wait(0.02)
-    return bool(predicate())
-
-
-def _crash_under_writes(
-    manager: Manager, cluster: Any, printer: Printer, deliveries: Deliveries
-) -> None:
-    """kill -9 the server while a writer commits rows; count what arrives."""
-    deliveries.verbose = False
-    committed: list[int] = []
-    stop = threading.Event()
-
-    def writer() -> None:
-        next_id = 1000
-        while not stop.is_set():
-            try:
-                with manager.snapshot_pool.connection(timeout=5) as conn:
-                    conn.execute(
-                        f"INSERT INTO {DEMO_TABLE} (id, item) VALUES (%s, 'load')",
-                        (next_id,),
-                    )
-                committed.append(next_id)
-            except (psycopg.Error, PoolTimeout):
-                stop.wait(0.02)
-            next_id += 1
-
-    thread = threading.Thread(target=writer, name="demo-writer")
-    thread.start()
-    try:
-        _wait_until(lambda: len(committed) >= 200, 10)
-        printer.line(f"kill -9 of the server after {len(committed)} committed rows ...")
-        cluster.kill()
-        time.sleep(0.5)  # ok-sleep: a demo pause, the server stays down
-        cluster.start()
-        ready = time.monotonic()
-        manager.wait_active(timeout=30)
-        printer.line(
-            f"ACTIVE again {time.monotonic() - ready:.3f}s after the server was ready"
-        )
-        _wait_until(lambda: len(committed) >= 400, 10)
-    finally:
-        stop.set()
-        thread.join()
-    expected = set(committed)
-    _wait_until(lambda: expected <= set(deliveries.ids), 20)
-    got = [i for i in deliveries.ids if i >= 1000]
-    lost = len(expected - set(got))
-    doubled = len(got) - len(set(got))
-    printer.line(
-        f"{len(committed)} rows committed, {len(set(got) & expected)} delivered,"
-        f" {lost} lost, {doubled} delivered twice"
-    )
-    if lost or doubled:
-        raise PgSupervisorError(f"{lost} rows lost, {doubled} delivered twice")
-
-
-def demo(args: argparse.Namespace) -> int:
-    printer = Printer(sys.stdout)
-    # The printer shows every event; keep library warnings off the terminal.
-    logging.basicConfig(level=logging.ERROR)
-
-    def run(dsn: str, cluster: Any) -> int:
-        _prepare_table(dsn)
-        manager = Manager(
-            dsn,
-            stack_id="demo",
-            pool={"size": 4, "idle_interval": 0.5},
-            backoff=Backoff("exp", min=0.1, max=0.5),
-            replication={
-                "slot_name": "pgsupervisor_demo",
-                "tables": [DEMO_TABLE],
-                "status_interval": 1.0,
-            },
-            timeline={"directory": tempfile.mkdtemp(prefix="pgsupervisor-demo-")},
-        )
-        deliveries = Deliveries(printer)
-        signals.transaction.connect(deliveries, sender=manager)
-        printer.connect(manager)
-        printer.line(f"starting {manager!r}")
-        manager.start()
-        try:
-            manager.wait_active(timeout=30)
-            printer.line(
-                f"pools {manager.pool_sizes}, server_version_num {manager.pg_version},"
-                f" system identifier {manager.system_identifier},"
-                f" timeline {manager.timeline_id}"
-            )
-            _queries(manager, printer)
-            _write_rows(manager, printer, deliveries)
-            if cluster is not None:
-                _outage(manager, cluster, printer)
-                _queries(manager, printer)
-                _crash_under_writes(manager, cluster, printer, deliveries)
-            else:
-                printer.line(
-                    "external server (--dsn): skipping the restart and the crash"
-                )
-            _drop_table(manager)
-            manager.drop_replication_slot_on_stop()
-        finally:
-            stopping = time.monotonic()
-            manager.stop()
-            printer.line(
-                f"manager stopped in {(time.monotonic() - stopping) * 1000:.1f} ms"
-            )
-        return 0
-
-    try:
-        if args.dsn:
-            return run(args.dsn, None)
-        with _throwaway_server(printer) as (dsn, cluster):
-            return run(dsn, cluster)
-    except OptionError:
-        raise  # a usage error: main() reports it with exit code 2
-    except PgSupervisorError as exc:
-        printer.line(f"error: {exc}")
-        return 1
-    except TimeoutError as exc:
-        printer.line(f"timed out: {exc}")
-        return 1
 
 
 # --- watch ----------------------------------------------------------------------
 
 
-def json_value(value: Any) -> Any:
-    """JSON for what psycopg's loaders return; exact where JSON is not."""
-    if value is UNCHANGED_TOAST:
-        return {"unchanged_toast": True}
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "\\x" + bytes(value).hex()
-    return str(value)
+class UsageError(Exception):
+    """A problem only the command line can fix (exit code 2)."""
 
 
-def transaction_json(tx: Transaction) -> str:
-    return json.dumps(
-        {
-            "xid": tx.xid,
-            "commit_lsn": format_lsn(tx.commit_lsn),
-            "end_lsn": format_lsn(tx.end_lsn),
-            "commit_time": tx.commit_time.isoformat(),
-            "origin": tx.origin,
-            "changes": [
-                {
-                    "op": c.op,
-                    "schema": c.schema,
-                    "table": c.table,
-                    "new": c.new,
-                    "old": c.old,
-                }
-                for c in tx.changes
-            ],
-        },
-        default=json_value,
-        ensure_ascii=False,
-    )
+def _resolve_tables(conn: psycopg.Connection[Any], names: list[str]) -> list[str]:
+    """``schema.table`` for each name, unqualified names looked up through
+    the role's search_path as psql does."""
+    resolved = []
+    for name in names:
+        try:
+            row = conn.execute(
+                "SELECT n.nspname, c.relname, c.relkind FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.oid = to_regclass(%s)",
+                (name,),
+            ).fetchone()
+        except (psycopg.DataError, psycopg.ProgrammingError) as exc:
+            raise UsageError(f"--tables: {name!r}: {exc}") from None
+        if row is None:
+            path = conn.execute("SHOW search_path").fetchone()
+            raise UsageError(
+                f"--tables: no table {name!r} (search_path is"
+                f" {path[0] if path else '?'!r}); name it as schema.table"
+            )
+        schema, table, kind = row
+        if kind not in ("r", "p"):
+            raise UsageError(f"--tables: {name!r} is not a table")
+        resolved.append(f"{schema}.{table}")
+    return resolved
 
 
-def transaction_text(tx: Transaction) -> str:
-    head = (
-        f"COMMIT xid {tx.xid} at {format_lsn(tx.end_lsn)} {tx.commit_time.isoformat()}"
-    )
-    lines = [head]
-    for c in tx.changes:
-        row = c.new if c.new is not None else c.old
-        shown = json.dumps(row, default=json_value, ensure_ascii=False) if row else ""
-        lines.append(f"  {c.op.upper()} {c.schema}.{c.table} {shown}".rstrip())
-    return "\n".join(lines)
+def _check_all_tables(conn: psycopg.Connection[Any], publication: str) -> None:
+    """Publishing every table (FOR ALL TABLES) takes a superuser, unless
+    the publication exists already."""
+    row = conn.execute(
+        "SELECT rolsuper, current_user,"
+        " EXISTS (SELECT FROM pg_publication WHERE pubname = %s)"
+        " FROM pg_roles WHERE rolname = current_user",
+        (publication,),
+    ).fetchone()
+    if row is not None and not row[0] and not row[2]:
+        raise UsageError(
+            f"role {row[1]!r} is not a superuser, and publishing all tables"
+            " (FOR ALL TABLES) takes one: pass --tables with the tables to"
+            " watch, e.g. --tables orders,public.customers"
+        )
+
+
+def _preflight(
+    dsn: str, tables: list[str] | None, publication: str, err: TextIO
+) -> list[str] | None:
+    """Resolve --tables and check the role may publish what it asked for,
+    retrying while the server cannot be reached (Ctrl-C stops)."""
+    info = ConnInfo(dsn)
+    retry = Backoff().start()
+    while True:
+        try:
+            with psycopg.connect(
+                info.connect_string(), autocommit=True, connect_timeout=10
+            ) as conn:
+                if tables is None:
+                    _check_all_tables(conn, publication)
+                    return None
+                return _resolve_tables(conn, tables)
+        except psycopg.Error as exc:
+            error = classify(exc, context=info.describe(), secrets=info.secrets)
+            delay = None if is_fatal(error) else retry.failed(time.monotonic())
+            if delay is None:
+                raise error from None
+            print(
+                f"pgsupervisor: {error} [attempt {retry.attempt}, next in"
+                f" {delay:.1f} s; Ctrl-C to stop]",
+                file=err,
+                flush=True,
+            )
+            threading.Event().wait(delay)
 
 
 def run_watch(manager: Manager, fmt: str, out: TextIO, err: TextIO) -> int:
     """Print *manager*'s transactions until Ctrl-C (or SIGTERM); stop cleanly
-    so the position of the last one printed is acknowledged."""
+    so the position of the last one printed is acknowledged.
+
+    Returns 0 when it streamed, 1 when the manager failed or was stopped
+    before it streamed, 2 when it could not start (configuration)."""
     done = threading.Event()
     failed: list[BaseException] = []
+    streamed = threading.Event()
     count = [0, 0]  # transactions, changes
     started = time.monotonic()
     show_status = err.isatty()
     render = transaction_json if fmt == "json" else transaction_text
+
+    def say(text: str) -> None:
+        if show_status:
+            err.write("\r\033[K")
+        print(f"pgsupervisor: {text}", file=err, flush=True)
 
     def on_transaction(sender: Manager, transaction: Transaction) -> None:
         try:
@@ -397,7 +193,11 @@ def run_watch(manager: Manager, fmt: str, out: TextIO, err: TextIO) -> int:
             failed.append(sender.error or PgSupervisorError(sender.status_reason))
             done.set()
         elif new is Status.WAITING:
-            print(f"waiting: {sender.status_reason}", file=err, flush=True)
+            say(f"waiting: {sender.status_reason}")
+        elif new is Status.ACTIVE:
+            if old is Status.WAITING or not streamed.is_set():
+                say(f"streaming: {sender.status_reason}")
+            streamed.set()
 
     def on_lag(
         sender: Manager, retained_wal_bytes: int, confirmed_flush_lag_bytes: int
@@ -419,8 +219,13 @@ def run_watch(manager: Manager, fmt: str, out: TextIO, err: TextIO) -> int:
         for s in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        manager.start()
+        try:
+            manager.start()
+        except ConfigurationError as exc:
+            say(f"{exc}")
+            return 2
         done.wait()
+        reason = manager.status_reason
     finally:
         manager.stop()
         for s, handler in previous.items():
@@ -428,33 +233,79 @@ def run_watch(manager: Manager, fmt: str, out: TextIO, err: TextIO) -> int:
         if show_status:
             err.write("\n")
     if failed:
-        print(f"pgsupervisor: {failed[0]}", file=err)
+        say(f"{failed[0]}")
+        return 1
+    if not streamed.is_set():
+        say(f"stopped before streaming began (last status: {reason})")
         return 1
     return 0
 
 
+@contextlib.contextmanager
+def _state_dir(args: argparse.Namespace) -> Iterator[str | None]:
+    """--state-dir; a temporary run without one keeps its state in a
+    directory removed at exit (nothing of it is worth resuming)."""
+    if args.state_dir or not args.temporary:
+        yield args.state_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="pgsupervisor-watch-") as path:
+        yield path
+
+
 def watch(args: argparse.Namespace) -> int:
-    tables = [t.strip() for t in args.tables.split(",")] if args.tables else None
-    manager = Manager(
-        args.dsn,
-        stack_id=f"watch-{args.slot}",
-        pool={"size": 2},
-        replication={
-            "slot_name": args.slot,
-            "publication_name": args.publication or args.slot,
-            "tables": tables,
-            "temporary": args.temporary,
-            "status_interval": 1.0,
-            "lag_interval": 1.0,
-        },
+    configure_logging(args, logging.WARNING)
+    names = (
+        [t.strip() for t in args.tables.split(",") if t.strip()]
+        if args.tables
+        else None
     )
-    return run_watch(manager, args.format, sys.stdout, sys.stderr)
+    publication = args.publication or args.slot
+    replication = {
+        "slot_name": args.slot,
+        "publication_name": publication,
+        "tables": names,
+        "temporary": args.temporary,
+        "status_interval": 1.0,
+        "lag_interval": 1.0,
+        "slot_wait_warning": SLOT_WAIT_WARNING,
+    }
+    # Bad options exit 2 before connecting; names are resolved below.
+    Manager(args.dsn, replication={**replication, "tables": None})
+    try:
+        replication["tables"] = _preflight(args.dsn, names, publication, sys.stderr)
+    except KeyboardInterrupt:
+        print("pgsupervisor: interrupted before streaming began", file=sys.stderr)
+        return 1
+    except UsageError as exc:
+        print(f"pgsupervisor: {exc}", file=sys.stderr)
+        return 2
+    except PgSupervisorError as exc:
+        print(f"pgsupervisor: {exc}", file=sys.stderr)
+        return 1
+    with _state_dir(args) as state_dir:
+        manager = Manager(
+            args.dsn,
+            stack_id=f"watch-{args.slot}",
+            pool={"size": 2},
+            replication={**replication, "adapters": iso_interval_adapters()},
+            timeline={"directory": state_dir},
+        )
+        if args.temporary:
+            manager.drop_replication_slot_on_stop()  # and the publication it made
+        code = run_watch(manager, args.format, sys.stdout, sys.stderr)
+    if code == 2:
+        print(
+            "pgsupervisor: pass --state-dir with a writable directory", file=sys.stderr
+        )
+    return code
 
 
 # --- status ----------------------------------------------------------------------
 
 
 def status(args: argparse.Namespace) -> int:
+    """One connection, one report; no retry: a script asking for the state
+    of a server wants an answer now."""
     info = ConnInfo(args.dsn)
     try:
         with psycopg.connect(
@@ -463,10 +314,18 @@ def status(args: argparse.Namespace) -> int:
             report = _status_report(conn)
     except psycopg.Error as exc:
         error = classify(exc, context=info.describe(), secrets=info.secrets)
-        print(f"pgsupervisor: {error}", file=sys.stderr)
+        if not is_fatal(error):  # the library's "retrying" hint is not ours
+            error = ConnectionFailed(
+                f"{info.describe()}: {redact(' '.join(str(exc).split()), info.secrets)}"
+            )
+        print(
+            f"pgsupervisor: cannot connect, giving up after one attempt"
+            f" (status does not retry): {error}",
+            file=sys.stderr,
+        )
         return 1
     if args.format == "json":
-        print(json.dumps(report, default=json_value, indent=2))
+        print(json.dumps(jsonable(report), indent=2, allow_nan=False))
         return 0
     server = report["server"]
     print(
@@ -558,50 +417,89 @@ def _status_report(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    logs = argparse.ArgumentParser(add_help=False)
+    logs.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more library log records on stderr (-v INFO, -vv DEBUG)",
+    )
+    logs.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error", "critical"],
+        type=str.lower,
+        default=argparse.SUPPRESS,
+        help="the level of library log records on stderr",
+    )
     parser = argparse.ArgumentParser(
         prog="pgsupervisor",
         description="Supervised PostgreSQL connections and change streams.",
         epilog="Exit codes: 0 success, 1 failure, 2 bad usage or configuration.",
+        parents=[logs],
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pgsupervisor {__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "demo",
+        parents=[logs],
         help="show the supervisor at work on a throw-away server",
         description="Start a throw-away PostgreSQL (or use --dsn), run a Manager,"
         " query through its pool, restart the server and show detection and"
-        " recovery, then stop.",
+        " recovery, then stop. Everything it created is removed at the end,"
+        " Ctrl-C included.",
+        epilog="Exit codes: 0 done, 1 failed, 2 bad usage, 130 Ctrl-C.",
     )
     p.add_argument("--dsn", help="use this server instead of a throw-away one")
     p.set_defaults(func=demo)
 
     p = sub.add_parser(
         "watch",
+        parents=[logs],
         help="stream a slot's committed transactions, decoded",
         description="Stream committed transactions as JSON lines (one per"
-        " transaction, typed values) or text, like pg_recvlogical but decoded."
-        " Creates the slot and publication if missing. Ctrl-C stops cleanly,"
-        " acknowledging what was printed. A status line (rate, lag) goes to"
-        " stderr when it is a terminal.",
-        epilog="Exit codes: 0 stopped by Ctrl-C or SIGTERM, 1 the stream failed,"
-        " 2 bad usage.",
+        " transaction, strict RFC 8259 JSON, typed values) or text, like"
+        " pg_recvlogical but decoded. Creates the slot and publication if"
+        " missing. Ctrl-C stops cleanly, acknowledging what was printed."
+        " Connection trouble, lock waits and blocked slot creation are"
+        " reported on stderr, with a status line (rate, lag) when stderr is a"
+        " terminal.",
+        epilog="Exit codes: 0 stopped by Ctrl-C or SIGTERM after streaming, 1 the"
+        " stream failed or never started, 2 bad usage or configuration.",
     )
     p.add_argument("dsn", help="conninfo of a role with REPLICATION")
     p.add_argument("--slot", required=True, help="replication slot name")
     p.add_argument("--publication", help="publication name (default: the slot's)")
-    p.add_argument("--tables", help="schema.table[,...] to publish (default: all)")
+    p.add_argument(
+        "--tables",
+        help="tables to publish, comma-separated; a name without a schema is"
+        " looked up through the search path, as psql does (default: all"
+        " tables, which takes a superuser)",
+    )
     p.add_argument("--format", choices=["json", "text"], default="json")
     p.add_argument(
         "--temporary",
         action="store_true",
-        help="use a temporary slot (nothing to resume later)",
+        help="use a temporary slot (nothing to resume later); the publication"
+        " it creates is dropped at exit",
+    )
+    p.add_argument(
+        "--state-dir",
+        help="where the server identity (system identifier, timeline) is kept"
+        f" between runs (default: {default_directory()}; a temporary run"
+        " without this option keeps nothing)",
     )
     p.set_defaults(func=watch)
 
     p = sub.add_parser(
         "status",
+        parents=[logs],
         help="replication settings, slots and publications of a server",
         description="Print the server version, wal_level, the replication slots"
-        " with their lag and wal_status, and the publications.",
+        " with their lag and wal_status, and the publications. One attempt to"
+        " connect, no retry.",
         epilog="Exit codes: 0 ok, 1 cannot connect, 2 bad usage.",
     )
     p.add_argument("dsn", help="conninfo")
@@ -610,8 +508,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def demo(args: argparse.Namespace) -> int:
+    from .demo import demo as run_demo  # noqa: PLC0415
+
+    # The demo prints every event itself; library records only with -v.
+    configure_logging(args, logging.ERROR)
+    return run_demo(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "status":
+        configure_logging(args, logging.WARNING)
     try:
         result: int = args.func(args)
     except ValueError as exc:  # bad option values

@@ -48,7 +48,7 @@ from .pools import PoolEvent, SupervisedPool
 from .replication import slot
 from .replication.stream import Progress, ReplicationStream, StreamEvent
 from .status import Status, StatusMachine
-from .timeline import make_store
+from .timeline import check_store, make_store
 
 if TYPE_CHECKING:
     from .shapes.cache import ShapeCache
@@ -259,7 +259,9 @@ class Manager:
         )
 
     def start(self) -> Manager:
-        """Start the supervisor thread and return at once."""
+        """Start the supervisor thread and return at once. Raises
+        `ConfigurationError` (and stays STOPPED) when the timeline store
+        directory cannot be written."""
         if self._forked_error is not None:
             raise self._forked_error
         with self._lifecycle:
@@ -269,6 +271,8 @@ class Manager:
                         "a stopped Manager cannot be started again; create a new one"
                     )
                 return self
+            if self.replication is not None:
+                check_store(self.timeline_options)  # ConfigurationError, still STOPPED
             self._set_status(Status.STARTING, "start() called")
             self._pid = os.getpid()
             _STARTED.add(self)

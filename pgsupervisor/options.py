@@ -331,6 +331,12 @@ class ReplicationOptions:
     slot_wait_warning: float = 10.0
     """Warn (naming the blocking transactions) when creating the slot waits
     this long for running transactions."""
+    adapters: psycopg.adapt.AdaptersMap | None = dataclasses.field(
+        default=None, compare=False
+    )
+    """Loaders for the values of changes (a psycopg ``AdaptersMap``, e.g.
+    ``AdaptersMap(psycopg.adapters)`` with a loader registered on it); None
+    uses psycopg's global adapters as they are when the stream connects."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.slot_name, str) or not _SLOT_NAME.match(self.slot_name):
@@ -396,6 +402,13 @@ class ReplicationOptions:
             raise OptionError(
                 "replication option 'lost_slot' must be 'fail' or 'recreate',"
                 f" got {self.lost_slot!r}"
+            )
+        if self.adapters is not None and not isinstance(
+            self.adapters, psycopg.adapt.AdaptersMap
+        ):
+            raise TypeError(
+                "replication option 'adapters' must be a psycopg AdaptersMap,"
+                f" got {type(self.adapters).__name__}"
             )
 
     @property

@@ -8,15 +8,24 @@ wrong: ``timeline_changed`` tells subscribers to reset.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from .errors import ConfigurationError
 from .options import TimelineOptions
 
-__all__ = ["FileTimelineStore", "TimelineStore", "check_timeline", "make_store"]
+__all__ = [
+    "FileTimelineStore",
+    "TimelineStore",
+    "check_store",
+    "check_timeline",
+    "make_store",
+]
 
 Pair = tuple[int, int]
 
@@ -39,18 +48,51 @@ class FileTimelineStore:
 
     def load(self, stack_id: str) -> Pair | None:
         try:
-            data = json.loads(self._path(stack_id).read_text())
+            text = self._path(stack_id).read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._error("read", exc) from exc
+        try:
+            data = json.loads(text)
             return int(data["system_identifier"]), int(data["timeline_id"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             return None
 
     def save(self, stack_id: str, pair: Pair) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"system_identifier": pair[0], "timeline_id": pair[1]})
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".timeline-")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, self._path(stack_id))
+        with self._writable():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".timeline-")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                os.replace(tmp, self._path(stack_id))
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+    def check(self) -> None:
+        """Create the directory and write a scratch file in it, so that an
+        unwritable directory is reported at start, not mid-stream."""
+        with self._writable():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.directory, prefix=".timeline-"):
+                pass
+
+    @contextlib.contextmanager
+    def _writable(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise self._error("write", exc) from exc
+
+    def _error(self, action: str, exc: OSError) -> ConfigurationError:
+        return ConfigurationError(
+            f"cannot {action} the timeline store in {str(self.directory)!r}:"
+            f" {exc.strerror or exc} (choose a writable directory with"
+            " timeline={'directory': ...}, or set $XDG_STATE_HOME)"
+        )
 
 
 def default_directory() -> Path:
@@ -63,6 +105,14 @@ def make_store(options: TimelineOptions) -> TimelineStore:
         store: TimelineStore = options.store
         return store
     return FileTimelineStore(options.directory or default_directory())
+
+
+def check_store(options: TimelineOptions) -> None:
+    """Raise `ConfigurationError` if the file store cannot be written (a
+    store object given in the options is the user's to check)."""
+    store = make_store(options)
+    if isinstance(store, FileTimelineStore):
+        store.check()
 
 
 def check_timeline(store: TimelineStore, stack_id: str, current: Pair) -> Pair | None:

@@ -3,7 +3,8 @@
 
     python scripts/bench.py pool [--dsn DSN] [--seconds 2] [--size 8]
     python scripts/bench.py overload [--size 8] [--seconds 10]
-    python scripts/bench.py replication [--big-mb 500]
+    python scripts/bench.py replication [--quick] [--rows 400000]
+        [--one-row-txs 60000] [--runs 5] [--big-mb 200] [--profile]
     python scripts/bench.py shapes [--shapes 1000] [--rows 1000000]  (bench_shapes.py)
 
 ``pool``: checkout + ``select 1`` + return through ``manager.snapshot_pool``
@@ -18,19 +19,25 @@ Without --dsn it starts a throw-away cluster (needed for the restart part).
 dropped checkouts and checkout-wait percentiles, pgsupervisor (queue control)
 vs raw psycopg_pool.
 
-``replication``: fills three slots with the same changes (200k rows in
-1k-row transactions; 50k one-row transactions) and drains them with
-pgsupervisor (full decode to typed values, no-op subscriber), pg_recvlogical
-to /dev/null, and psycopg2's LogicalReplicationConnection with a minimal
-decode; then the peak RSS of a process streaming one big transaction.
+``replication``, on ``bench (id bigint PRIMARY KEY, n numeric, t
+timestamptz, payload text (80 chars), doc jsonb)``: first the decoder alone
+on recorded pgoutput bytes (µs per change; ``--profile`` adds cProfile);
+then three throughput rows, each pgsupervisor run alternating with its
+reference run, medians and spread: 400k inserts in 1k-row transactions with
+a receiver reading each change's key vs ``pg_recvlogical`` to /dev/null;
+the same inserts with a receiver reading every value vs psycopg's own
+``SELECT *`` + ``fetchall()``; 60k one-row transactions vs
+``pg_recvlogical``. Then commit → receiver latency at 2k tx/s with
+``synchronous_commit = on``, and the peak RSS of a process streaming one big
+transaction. Times include connecting, for both sides.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -282,28 +289,70 @@ def bench_overload(dsn: str, size: int, seconds: float) -> None:
 # --- replication -------------------------------------------------------------
 
 PUBLICATION = "bench_pub"
+TABLE = (
+    "CREATE TABLE bench (id bigint PRIMARY KEY, n numeric, t timestamptz,"
+    " payload text, doc jsonb)"
+)
+ROWS = (
+    "INSERT INTO bench SELECT g, g * 1.25, now() + g * interval '1 second',"
+    " repeat(md5(g::text), 3)::char(80)::text,"
+    " jsonb_build_object('id', g, 'tags', jsonb_build_array('a', 'b'))"
+    " FROM generate_series(%s::bigint, %s::bigint) g"
+)
 
 
-def _fill(dsn: str, total: int, per_tx: int, payload: int) -> None:
+def _truncate(dsn: str) -> None:
+    """Empty the table before creating the slots a workload drains, so its
+    TRUNCATE is not among their changes."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE bench")
-        start = 0
-        while start < total:
-            n = min(per_tx, total - start)
-            if n == 1:
-                conn.execute(
-                    "INSERT INTO bench VALUES (%s, repeat('x', %s))", (start, payload)
-                )
-            else:
-                conn.execute(
-                    "INSERT INTO bench SELECT g, repeat('x', %s)"
-                    " FROM generate_series(%s::int, %s::int) g",
-                    (payload, start, start + n - 1),
-                )
-            start += n
 
 
-def _drain_pgsupervisor(dsn: str, slot_name: str, expected: int, tmp: str) -> float:
+def _fill(dsn: str, total: int, per_tx: int) -> None:
+    """*total* rows of the mixed-type table in transactions of *per_tx*."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if per_tx == 1:
+            for i in range(total):
+                conn.execute(ROWS, (i, i))
+            return
+        for start in range(0, total, per_tx):
+            conn.execute(ROWS, (start, min(start + per_tx, total) - 1))
+
+
+def _create_slots(cluster: Cluster, names: list[str]) -> None:
+    for name in names:
+        cluster.execute(
+            "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,)
+        )
+
+
+def _drop_slots(cluster: Cluster, names: list[str]) -> None:
+    for name in names:
+        cluster.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+            " WHERE slot_name = %s AND NOT active",
+            (name,),
+        )
+
+
+def read_key(transaction: Any) -> int:
+    for change in transaction.changes:
+        change.new["id"]
+    return len(transaction.changes)
+
+
+def read_all(transaction: Any) -> int:
+    for change in transaction.changes:
+        for _value in change.new.values():
+            pass
+    return len(transaction.changes)
+
+
+def _drain_pgsupervisor(
+    dsn: str, slot_name: str, expected: int, tmp: str, read: Callable[[Any], int]
+) -> float:
+    """Seconds from start() until a receiver calling *read* on each
+    transaction has seen *expected* changes."""
     manager = Manager(
         dsn,
         stack_id=slot_name,
@@ -319,7 +368,7 @@ def _drain_pgsupervisor(dsn: str, slot_name: str, expected: int, tmp: str) -> fl
     done = threading.Event()
 
     def receiver(sender: Manager, transaction: Any) -> None:
-        count[0] += len(transaction.changes)
+        count[0] += read(transaction)
         if count[0] >= expected:
             done.set()
 
@@ -327,11 +376,17 @@ def _drain_pgsupervisor(dsn: str, slot_name: str, expected: int, tmp: str) -> fl
     started = time.perf_counter()
     manager.start()
     try:
-        if not done.wait(600):
-            raise RuntimeError(f"pgsupervisor got {count[0]} of {expected} changes")
+        deadline = time.monotonic() + max(60.0, expected / 2000)
+        while not done.wait(0.5):
+            if manager.error is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"pgsupervisor got {count[0]} of {expected} changes"
+                    f" ({manager.status.value}: {manager.error})"
+                )
         return time.perf_counter() - started
     finally:
         manager.stop()
+        signals.transaction.disconnect(receiver, sender=manager)
 
 
 def _drain_recvlogical(
@@ -360,48 +415,238 @@ def _drain_recvlogical(
         ],
         check=True,
         capture_output=True,
+        timeout=600,
     )
     return time.perf_counter() - started
 
 
-def _drain_psycopg2(
-    dsn: str, slot_name: str, endpos: int, expected: int
-) -> float | None:
-    try:
-        import psycopg2  # noqa: PLC0415
-        import psycopg2.extras  # noqa: PLC0415
-    except ImportError:
-        return None
-    started = time.perf_counter()
-    conn = psycopg2.connect(
-        dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection
-    )
-    cur = conn.cursor()
-    cur.start_replication(
-        slot_name=slot_name,
-        decode=False,
-        options={"proto_version": "1", "publication_names": PUBLICATION},
-    )
-    count = [0]
+def _select_fetchall(dsn: str, expected: int) -> float:
+    """psycopg's own typed decode of the same rows: SELECT * + fetchall()."""
+    with psycopg.connect(dsn) as conn:
+        started = time.perf_counter()
+        rows = conn.execute("SELECT * FROM bench").fetchall()
+        took = time.perf_counter() - started
+    if len(rows) != expected:
+        raise RuntimeError(f"SELECT returned {len(rows)} rows, not {expected}")
+    return took
 
-    def consume(msg: Any) -> None:
-        payload = msg.payload
-        if payload[:1] == b"I":  # minimal decode: the message type and relation
-            struct.unpack_from(">I", payload, 1)
-            count[0] += 1
-        if msg.data_start >= endpos or count[0] >= expected:
-            msg.cursor.send_feedback(flush_lsn=msg.data_start)
-            raise psycopg2.extras.StopReplication
-        if count[0] % 10000 == 0:
-            msg.cursor.send_feedback(flush_lsn=msg.data_start)
 
+def _cell(rates: list[float]) -> str:
+    return f"{statistics.median(rates):>9,.0f} [{min(rates):,.0f}-{max(rates):,.0f}]"
+
+
+def _row(label: str, ours: list[float], ref: list[float], goal: float) -> None:
+    ratio = statistics.median(ours) / statistics.median(ref)
+    spread = f"{min(ours) / max(ref):.2f}-{max(ours) / min(ref):.2f}"
+    print(
+        f"{label:<44} {_cell(ref):>27} {_cell(ours):>27} {ratio:>6.2f}"
+        f" {spread:>10} {goal:>5.1f}",
+        flush=True,
+    )
+
+
+def _alternate(
+    runs: int, ours: Callable[[int], float], ref: Callable[[int], float]
+) -> tuple[list[float], list[float]]:
+    """Run *ours* and *ref* in turn, swapping who goes first each run."""
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(runs):
+        if i % 2 == 0:
+            a.append(ours(i))
+            b.append(ref(i))
+        else:
+            b.append(ref(i))
+            a.append(ours(i))
+    return a, b
+
+
+def bench_throughput(
+    cluster: Cluster, tmp: str, rows: int, one_row_txs: int, runs: int
+) -> None:
+    dsn = cluster.dsn()
+    print(
+        f"\nthroughput, {runs} alternating runs (rows or changes/s, median"
+        " [min-max]; ratio of medians, its range, goal)"
+    )
+    print(
+        f"{'workload':<44} {'reference':>27} {'pgsupervisor':>27} {'ratio':>6}"
+        f" {'range':>10} {'goal':>5}"
+    )
+    keys = [f"s_key_{i}" for i in range(runs)]
+    alls = [f"s_all_{i}" for i in range(runs)]
+    recvs = [f"s_recv_{i}" for i in range(runs)]
+    _truncate(dsn)
+    _create_slots(cluster, keys + alls + recvs)
+    _fill(dsn, rows, 1000)
+    endpos = cluster.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+    ours, ref = _alternate(
+        runs,
+        lambda i: rows / _drain_pgsupervisor(dsn, keys[i], rows, tmp, read_key),
+        lambda i: rows / _drain_recvlogical(cluster, dsn, recvs[i], endpos),
+    )
+    _row(
+        f"{rows // 1000}k inserts in 1k-row tx, read key (pg_recvlogical)",
+        ours,
+        ref,
+        0.9,
+    )
+    ours, ref = _alternate(
+        runs,
+        lambda i: rows / _drain_pgsupervisor(dsn, alls[i], rows, tmp, read_all),
+        lambda i: rows / _select_fetchall(dsn, rows),
+    )
+    _row(
+        f"{rows // 1000}k inserts, read every value (SELECT+fetchall)",
+        ours,
+        ref,
+        0.9,
+    )
+    _drop_slots(cluster, keys + alls + recvs)
+
+    keys = [f"s_one_{i}" for i in range(runs)]
+    recvs = [f"s_onerecv_{i}" for i in range(runs)]
+    _truncate(dsn)
+    _create_slots(cluster, keys + recvs)
+    _fill(dsn, one_row_txs, 1)
+    endpos = cluster.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+    n = one_row_txs
+    ours, ref = _alternate(
+        runs,
+        lambda i: n / _drain_pgsupervisor(dsn, keys[i], n, tmp, read_key),
+        lambda i: n / _drain_recvlogical(cluster, dsn, recvs[i], endpos),
+    )
+    _row(
+        f"{n // 1000}k one-row transactions, read key (pg_recvlogical)", ours, ref, 0.6
+    )
+    _drop_slots(cluster, keys + recvs)
+
+
+def bench_latency(cluster: Cluster, tmp: str, rate: int, seconds: float) -> None:
+    """Commit returned to the writer → the receiver got it, same clock."""
+    dsn = cluster.dsn()
+    _truncate(dsn)
+    manager = Manager(
+        dsn,
+        stack_id="latency",
+        pool={"size": 2},
+        replication={
+            "slot_name": "s_latency",
+            "publication_name": PUBLICATION,
+            "create_publication": False,
+        },
+        timeline={"directory": tmp},
+    )
+    received: dict[int, float] = {}
+
+    def receiver(sender: Manager, transaction: Any) -> None:
+        now = time.perf_counter()
+        for change in transaction.changes:
+            received[change.new["id"]] = now
+
+    signals.transaction.connect(receiver, sender=manager)
+    committed: dict[int, float] = {}
+    total = int(rate * seconds)
     try:
-        cur.consume_stream(consume)
-    except psycopg2.extras.StopReplication:
-        pass
+        manager.start()
+        manager.wait_active(timeout=60)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET synchronous_commit = on")
+            started = time.perf_counter()
+            for i in range(total):
+                pause = started + i / rate - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                conn.execute(ROWS, (i, i))
+                committed[i] = time.perf_counter()
+        deadline = time.monotonic() + 30
+        while len(received) < total and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
-        conn.close()
-    return time.perf_counter() - started
+        manager.stop()
+        signals.transaction.disconnect(receiver, sender=manager)
+        _drop_slots(cluster, ["s_latency"])
+    lat = sorted(max(0.0, received[i] - committed[i]) * 1000 for i in received)
+    if not lat:
+        print("latency: nothing received")
+        return
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))]
+
+    print(
+        f"\ncommit → receiver latency, {rate} one-row tx/s for {seconds:g} s,"
+        f" synchronous_commit=on: p50 {pct(0.5):.2f} ms, p99 {pct(0.99):.2f} ms,"
+        f" max {lat[-1]:.2f} ms ({len(lat)} of {total} received; goal p99 <= 5 ms)",
+        flush=True,
+    )
+
+
+def bench_isolated_decode(cluster: Cluster, rows: int, profile: bool) -> None:
+    """The decoder alone, on pgoutput bytes recorded from the server: no
+    network, no threads, so the figures hold on a busy machine."""
+    import cProfile  # noqa: PLC0415
+    import pstats  # noqa: PLC0415
+
+    from pgsupervisor.replication.pgoutput import Assembler  # noqa: PLC0415
+
+    dsn = cluster.dsn()
+    _truncate(dsn)
+    _create_slots(cluster, ["s_record"])
+    _fill(dsn, rows, 1000)
+    messages = [
+        bytes(r[0])
+        for r in cluster.execute(
+            "SELECT data FROM pg_logical_slot_get_binary_changes('s_record', NULL,"
+            " NULL, 'proto_version', '1', 'publication_names', %s)",
+            (PUBLICATION,),
+        )
+    ]
+    _drop_slots(cluster, ["s_record"])
+    session = psycopg.connect(dsn, replication="database", autocommit=True)
+
+    def feed(read: Callable[[Any], int] | None) -> float:
+        assembler = Assembler(session)
+        changes = 0
+        started = time.process_time()
+        for message in messages:
+            tx = assembler.feed(message)
+            if tx is not None:
+                changes += read(tx) if read else len(tx.changes)  # type: ignore[union-attr]
+        return (time.process_time() - started) / changes * 1e6
+
+    print(
+        f"\nisolated decode of {rows:,} recorded inserts in 1k-row transactions"
+        " (CPU µs of this process per change, median of 7 [min-max])"
+    )
+    for label, read in (
+        ("feed only, no value read", None),
+        ("feed + read the key", read_key),
+        ("feed + read every value", read_all),
+    ):
+        times = [feed(read) for _ in range(7)]
+        print(
+            f"  {label:<34} {statistics.median(times):6.2f}"
+            f" [{min(times):.2f}-{max(times):.2f}]"
+        )
+    with psycopg.connect(dsn) as conn:
+        times = []
+        for _ in range(7):
+            started = time.process_time()
+            got = conn.execute("SELECT * FROM bench").fetchall()
+            times.append((time.process_time() - started) / len(got) * 1e6)
+            del got
+    print(
+        f"  {'psycopg SELECT * + fetchall()':<34} {statistics.median(times):6.2f}"
+        f" [{min(times):.2f}-{max(times):.2f}] (per row)"
+    )
+    if profile:
+        for label, read in (("key", read_key), ("every value", read_all)):
+            profiler = cProfile.Profile()
+            profiler.runcall(feed, read)
+            print(f"\nprofile, feed + read {label}:")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(10)
+    session.close()
 
 
 BIG_CHILD = """
@@ -415,6 +660,8 @@ m = Manager(dsn, stack_id=slot, pool={"size": 2},
 done = threading.Event()
 got = [0]
 def receiver(sender, transaction):
+    for change in transaction.changes:
+        change.new["id"]
     got[0] += len(transaction.changes)
     if got[0] >= int(expected):
         done.set()
@@ -422,84 +669,91 @@ signals.transaction.connect(receiver, sender=m)
 m.start()
 ok = done.wait(900)
 m.stop()
-print(got[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+try:  # this process's own peak: ru_maxrss keeps the forking parent's across exec
+    with open("/proc/self/status") as status:
+        peak = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(got[0], peak, flush=True)
 sys.exit(0 if ok else 1)
 """
 
 
-def bench_replication(big_mb: int) -> None:
+def bench_peak_rss(cluster: Cluster, tmp: str, big_mb: int) -> None:
+    """Peak RSS of a process streaming one big transaction (1 kB rows)."""
+    dsn = cluster.dsn()
+    rows = big_mb * 1000
+    print()
+    for streaming in (False, True):
+        name = f"s_big_{int(streaming)}"
+        _truncate(dsn)
+        _create_slots(cluster, [name])
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO bench SELECT g, g, now(), repeat('x', 1000), '{}'"
+                " FROM generate_series(1, %s) g",
+                (rows,),
+            )
+        started = time.perf_counter()
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                BIG_CHILD,
+                dsn,
+                name,
+                str(rows),
+                tmp,
+                "1" if streaming else "0",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=str(Path(__file__).resolve().parent.parent),
+            env={
+                **os.environ,
+                "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+            },
+            timeout=1800,
+        )
+        took = time.perf_counter() - started
+        got, rss_kb = out.stdout.split() if out.returncode == 0 else ("?", "0")
+        print(
+            f"peak RSS streaming one {big_mb} MB transaction ({rows:,} rows of 1 kB),"
+            f" streaming={'on' if streaming else 'off'}: {int(rss_kb) / 1024:,.0f} MB"
+            f" ({got} changes in {took:.1f} s)",
+            flush=True,
+        )
+        _drop_slots(cluster, [name])
+
+
+def bench_replication(args: argparse.Namespace) -> None:
+    if args.quick:
+        rows, one_row, runs, big_mb, seconds = 100_000, 15_000, 3, 50, 3.0
+    else:
+        rows, one_row, runs, big_mb = args.rows, args.one_row_txs, args.runs, 0
+        big_mb, seconds = args.big_mb, args.latency_seconds
     tmp = tempfile.mkdtemp(prefix="pgsupervisor-bench-")
     with Cluster(
         settings={
             "max_wal_size": "4GB",
-            "max_replication_slots": "20",
+            "max_replication_slots": str(3 * runs + 8),
+            "max_wal_senders": str(3 * runs + 8),
             "logical_decoding_work_mem": "64MB",
+            "synchronous_commit": "on",
         }
     ) as cluster:
-        dsn = cluster.dsn()
-        cluster.execute("CREATE TABLE bench (id int PRIMARY KEY, payload text)")
-        cluster.execute(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES")
-        workloads = [
-            ("200k rows in 1k-row transactions", 200_000, 1000),
-            ("50k one-row transactions", 50_000, 1),
-        ]
-        print("draining the same changes three ways (changes/s; rows of ~110 bytes)")
+        cluster.execute(TABLE)
+        cluster.execute(f"CREATE PUBLICATION {PUBLICATION} FOR TABLE bench")
         print(
-            f"{'workload':<36} {'pgsupervisor':>13} {'pg_recvlogical':>15}"
-            f" {'psycopg2':>10} {'vs recvlogical':>15} {'vs psycopg2':>12}"
+            "table bench (id bigint PRIMARY KEY, n numeric, t timestamptz,"
+            " payload text (80 chars), doc jsonb)"
         )
-        for label, total, per_tx in workloads:
-            for name in ("s_ours", "s_recv", "s_pg2"):
-                cluster.execute(
-                    "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,)
-                )
-            _fill(dsn, total, per_tx, 100)
-            endpos_text = cluster.execute("SELECT pg_current_wal_lsn()::text")[0][0]
-            from pgsupervisor.replication import parse_lsn  # noqa: PLC0415
-
-            ours = _drain_pgsupervisor(dsn, "s_ours", total, tmp)
-            recv = _drain_recvlogical(cluster, dsn, "s_recv", endpos_text)
-            pg2 = _drain_psycopg2(dsn, "s_pg2", parse_lsn(endpos_text), total)
-            rates = [total / t if t else float("nan") for t in (ours, recv, pg2 or 0)]
-            print(
-                f"{label:<36} {rates[0]:>13,.0f} {rates[1]:>15,.0f} {rates[2]:>10,.0f}"
-                f" {rates[0] / rates[1]:>15.2f} {rates[0] / rates[2]:>12.2f}"
-            )
-            for name in ("s_ours", "s_recv", "s_pg2"):
-                cluster.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+        bench_isolated_decode(cluster, min(rows, 50_000), args.profile)
+        bench_throughput(cluster, tmp, rows, one_row, runs)
+        bench_latency(cluster, tmp, 2000, seconds)
         if big_mb:
-            rows = big_mb * 1000
-            for streaming in (False, True):
-                name = f"s_big_{int(streaming)}"
-                cluster.execute(
-                    "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,)
-                )
-                _fill(dsn, rows, rows, 1000)
-                started = time.perf_counter()
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        "-c",
-                        BIG_CHILD,
-                        dsn,
-                        name,
-                        str(rows),
-                        tmp,
-                        "1" if streaming else "0",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                    cwd=str(Path(__file__).resolve().parent.parent),
-                )
-                took = time.perf_counter() - started
-                got, rss_kb = out.stdout.split() if out.returncode == 0 else ("?", "0")
-                print(
-                    f"one {big_mb} MB transaction ({rows:,} rows of 1 kB),"
-                    f" streaming={'on' if streaming else 'off'}: {got} changes in"
-                    f" {took:.1f} s, peak RSS {int(rss_kb) / 1024:,.0f} MB"
-                )
-                cluster.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+            bench_peak_rss(cluster, tmp, big_mb)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -511,8 +765,20 @@ def main() -> int:
     parser.add_argument(
         "--big-mb",
         type=int,
-        default=500,
-        help="size of the one big transaction (0 to skip)",
+        default=200,
+        help="replication: size of the one big transaction (0 to skip)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="replication: 100k rows, 15k one-row transactions, 3 runs",
+    )
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument("--one-row-txs", type=int, default=60_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--latency-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--profile", action="store_true", help="replication: cProfile the decoder"
     )
     parser.add_argument("--dsn", help="an existing server (skips the restart part)")
     parser.add_argument("--seconds", type=float, default=2.0)
@@ -532,7 +798,7 @@ def main() -> int:
         return bench_shapes(sys.argv[2:])
     args = parser.parse_args()
     if args.what == "replication":
-        bench_replication(args.big_mb)
+        bench_replication(args)
         return 0
     if args.what == "overload":
         if args.dsn:

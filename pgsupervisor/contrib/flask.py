@@ -25,9 +25,11 @@ for no endpoints). The extension is ``app.extensions["pgsupervisor"]``; its
 ``manager`` is this process's Manager, started on first use (the first
 request), stopped at exit, and replaced in a forked worker.
 
-Health: ``GET /healthz/live`` is 200 while the supervisor runs (WAITING
-included), ``GET /healthz/ready`` 200 only when ACTIVE; otherwise 503, with the
-status and reason as JSON.
+Health (see `pgsupervisor.contrib.process.health`): ``GET /healthz/live`` is
+200 while the supervisor runs; ``GET /healthz/ready`` 200 while the pools
+serve (ACTIVE, or WAITING for the slot lock); ``GET /healthz/stream`` 200 only
+in the worker that streams. Otherwise 503. The body is JSON with the status,
+its reason and the worker's pid.
 """
 
 from __future__ import annotations
@@ -112,12 +114,17 @@ def _health_blueprint(holder: ProcessManager) -> Blueprint:
 
     @bp.get("/live")
     def live() -> tuple[Response, int]:
-        ok, _, payload = health(holder.get())
-        return answer(ok, payload)
+        state = health(holder.get())
+        return answer(state.live, state.payload)
 
     @bp.get("/ready")
     def ready() -> tuple[Response, int]:
-        _, ok, payload = health(holder.get())
-        return answer(ok, payload)
+        state = health(holder.get())
+        return answer(state.ready, state.payload)
+
+    @bp.get("/stream")
+    def stream() -> tuple[Response, int]:
+        state = health(holder.get())
+        return answer(state.streaming, state.payload)
 
     return bp

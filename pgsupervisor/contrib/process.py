@@ -13,12 +13,12 @@ import atexit
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..manager import Manager
 from ..status import Status
 
-__all__ = ["ProcessManager", "health"]
+__all__ = ["Health", "ProcessManager", "health"]
 
 
 class ProcessManager:
@@ -56,20 +56,44 @@ class ProcessManager:
             manager.stop(timeout=timeout)
 
 
-def health(manager: Manager | None) -> tuple[bool, bool, dict[str, Any]]:
-    """(live, ready, payload) for health endpoints.
+class Health(NamedTuple):
+    """What the health endpoints answer, and the JSON body they send."""
 
-    Live while the supervisor runs, WAITING included: a standby that waits
-    for the slot lock is healthy and must not be restarted. Ready only when
-    ACTIVE.
+    live: bool
+    ready: bool
+    streaming: bool
+    payload: dict[str, Any]
+
+
+def health(manager: Manager | None) -> Health:
+    """The health of this process's *manager*, for probes.
+
+    * live: the supervisor runs (STARTING, WAITING, ACTIVE); a restart would
+      not help it, so only FAILED and STOPPED are not live.
+    * ready: the pools serve, ACTIVE or WAITING: a standby that waits for
+      the slot lock serves web traffic like any other worker.
+    * streaming: this process streams the slot (ACTIVE with replication);
+      exactly one process of a deployment sharing a slot does.
+
+    The payload names the status, its reason and the process id, so a probe
+    through a load balancer can tell the workers apart.
     """
     if manager is None:
-        return (
-            False,
-            False,
-            {"status": "stopped", "reason": "not started in this process"},
-        )
+        payload: dict[str, Any] = {
+            "status": Status.STOPPED.value,
+            "reason": "not started in this process",
+            "pid": os.getpid(),
+            "streaming": False,
+        }
+        return Health(False, False, False, payload)
     status = manager.status
-    payload = {"status": status.value, "reason": manager.status_reason}
+    streaming = manager.replication is not None and status is Status.ACTIVE
+    payload = {
+        "status": status.value,
+        "reason": manager.status_reason,
+        "pid": os.getpid(),
+        "streaming": streaming,
+    }
     live = status in (Status.STARTING, Status.WAITING, Status.ACTIVE)
-    return live, status is Status.ACTIVE, payload
+    ready = status in (Status.WAITING, Status.ACTIVE)
+    return Health(live, ready, streaming, payload)

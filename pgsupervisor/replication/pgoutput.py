@@ -1,10 +1,13 @@
-"""The pgoutput decoder: bytes in, messages and committed transactions out.
+"""The pgoutput decoder: bytes in, committed transactions out.
 
-Pure: no I/O, no logging, no clock. `decode()` turns one pgoutput message
-into a slotted dataclass; `Assembler` feeds on those and returns each
-`Transaction` when its Commit (or Stream Commit) arrives, with column values
-converted by psycopg's loaders for the column's type OID. Protocol versions
-1 to 4, including streamed in-progress transactions (Stream Start/Stop/
+Pure: no I/O, no logging, no clock. `Assembler.feed()` takes one pgoutput
+message and returns each `Transaction` when its Commit (or Stream Commit)
+arrives. Begin, Insert, Update, Delete and Commit take a lean path (struct
+reads at offsets, no object per message); the rows keep the message's bytes
+and decode a column when it is read (see `values.Row`), with loaders bound to
+the session the Assembler was given. `decode()` turns any message into a
+slotted dataclass, for the rarer messages and for tools. Protocol versions 1
+to 4, including streamed in-progress transactions (Stream Start/Stop/
 Commit/Abort) and subtransaction aborts.
 
 Formats: PostgreSQL's "Logical Replication Message Formats".
@@ -13,22 +16,24 @@ Formats: PostgreSQL's "Logical Replication Message Formats".
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
 from psycopg import adapters as default_adapters
 from psycopg import pq
-from psycopg.adapt import AdaptersMap, Transformer
+from psycopg.abc import AdaptContext
+from psycopg.adapt import Transformer
 
-from ..errors import PgSupervisorError
+from .values import UNCHANGED_TOAST, Columns, DecodeError, Row, split_tuple
 
 __all__ = [
     "UNCHANGED_TOAST",
     "Assembler",
     "Begin",
     "Change",
+    "Column",
     "Commit",
     "DecodeError",
     "Delete",
@@ -43,32 +48,12 @@ __all__ = [
     "Transaction",
     "Truncate",
     "TypeMessage",
+    "TypeResolver",
     "Update",
     "decode",
 ]
 
 PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=timezone.utc)
-
-
-class DecodeError(PgSupervisorError):
-    """A pgoutput message could not be decoded."""
-
-    __module__ = "pgsupervisor"
-
-
-class _Unchanged:
-    """An unchanged TOASTed value: the server did not send it."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "UNCHANGED_TOAST"
-
-    def __reduce__(self) -> str:
-        return "UNCHANGED_TOAST"
-
-
-UNCHANGED_TOAST: Final = _Unchanged()
 
 
 def pg_timestamp(micros: int) -> datetime:
@@ -248,15 +233,16 @@ _NAMES = {
 class _Reader:
     """A cursor over one message; every read is bounds-checked by struct."""
 
-    __slots__ = ("buf", "pos")
+    __slots__ = ("buf", "encoding", "pos")
 
-    def __init__(self, buf: bytes, pos: int = 0):
+    def __init__(self, buf: bytes, pos: int = 0, encoding: str = "utf-8"):
         self.buf = buf
         self.pos = pos
+        self.encoding = encoding
 
     def string(self) -> str:
         end = self.buf.index(0, self.pos)
-        value = self.buf[self.pos : end].decode()
+        value = self.buf[self.pos : end].decode(self.encoding)
         self.pos = end + 1
         return value
 
@@ -299,14 +285,20 @@ class _Reader:
 
 
 def decode(
-    data: bytes, *, in_stream: bool = False, proto_version: int = 1
+    data: bytes,
+    *,
+    in_stream: bool = False,
+    proto_version: int = 1,
+    encoding: str = "utf-8",
 ) -> PgOutputMessage:
     """Decode one pgoutput message. *in_stream*: between Stream Start and
-    Stream Stop, where data messages carry the (sub)transaction's xid."""
+    Stream Stop, where data messages carry the (sub)transaction's xid.
+    *encoding*: the session's client encoding, which the server converts
+    names and text to."""
     if not data:
         raise DecodeError("empty pgoutput message")
     kind = data[0]
-    r = _Reader(data, 1)
+    r = _Reader(data, 1, encoding)
     try:
         message = _decode(kind, r, in_stream, proto_version)
     except (
@@ -418,13 +410,17 @@ def _decode(kind: int, r: _Reader, in_stream: bool, proto: int) -> PgOutputMessa
 
 @dataclass(slots=True)
 class Change:
-    """One row change (or one truncated table) of a committed transaction."""
+    """One row change (or one truncated table) of a committed transaction.
+
+    *new* and *old* are read-only mappings (`values.Row`) that decode a
+    column when it is read; *old* holds exactly the columns the server sent.
+    """
 
     op: str  # "insert" | "update" | "delete" | "truncate"
     schema: str
     table: str
-    new: dict[str, Any] | None = None
-    old: dict[str, Any] | None = None
+    new: Mapping[str, Any] | None = None
+    old: Mapping[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -448,105 +444,182 @@ class Transaction:
         )
 
 
-Loader = Callable[[bytes], Any]
+TypeResolver = Callable[[Collection[int]], Mapping[int, int]]
+"""Given type OIDs no loader is registered for, return the base type of
+those that are domains (following domains over domains)."""
 
 
 @dataclass(slots=True)
-class _Table:
-    schema: str
-    name: str
-    names: tuple[str, ...]
-    loaders: tuple[Loader, ...]
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A transaction being assembled: (subxid, change) pairs for aborts."""
+class _Streamed:
+    """A streamed transaction being assembled; *subxids* runs parallel to
+    *changes* and *messages* so a subtransaction abort can drop its part."""
 
     xid: int
-    changes: list[tuple[int, Change]] = field(default_factory=list)
-    messages: list[tuple[int, Message]] = field(default_factory=list)
-    origin: str | None = None
-    commit_time: datetime | None = None
+    changes: list[Change] = field(default_factory=list)
+    change_subxids: list[int] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    message_subxids: list[int] = field(default_factory=list)
+
+
+_U16 = struct.Struct(">H").unpack_from
+_OID_MARKER = struct.Struct(">IB").unpack_from
+_INSERT = struct.Struct(">IBH").unpack_from
+_TEXT = pq.Format.TEXT
+_K, _O, _N = 0x4B, 0x4F, 0x4E
 
 
 class Assembler:
-    """Turns decoded messages into committed `Transaction`s.
+    """Turns pgoutput messages into committed `Transaction`s.
+
+    *context* decides how values load: the replication connection (its
+    encoding, DateStyle, TimeZone, IntervalStyle and adapters), a
+    `values.Session` pairing other adapters with it, or an `AdaptersMap`
+    (no session: psycopg's defaults). *resolve_types* is asked, once per
+    type, for the base type of domains the adapters have no loader for.
 
     Holds the relation cache (keyed by OID, replaced by each Relation
     message) and the transactions in progress: one plain (Begin…Commit) and
-    any number of streamed ones, keyed by xid. Pure: feed it bytes with
-    `feed()`; it returns a Transaction when one commits, else None.
+    any number of streamed ones, keyed by xid. `feed()` returns a
+    Transaction when one commits, a `Message` for a non-transactional
+    logical message, else None.
     """
 
-    def __init__(self, adapters: AdaptersMap | None = None, proto_version: int = 1):
+    def __init__(
+        self,
+        context: AdaptContext | None = None,
+        *,
+        proto_version: int = 1,
+        resolve_types: TypeResolver | None = None,
+    ):
         self.proto_version = proto_version
-        self._transformer = Transformer(adapters or default_adapters)
-        self._tables: dict[int, _Table] = {}
+        self._context = context if context is not None else default_adapters
+        self._adapters = self._context.adapters
+        self._resolve_types = resolve_types
+        self._base_types: dict[int, int] = {}
+        self._warned: set[tuple[str, str, str]] = set()
+        self._encoding = Transformer(self._context).encoding  # of names, prefixes
+        self._tables: dict[int, Columns] = {}
         self._types: dict[int, str] = {}
-        self._current: _Pending | None = None
-        self._streams: dict[int, _Pending] = {}
+        # The plain transaction in progress (None outside Begin…Commit).
+        self._xid: int | None = None
+        self._changes: list[Change] = []
+        self._messages: list[Message] = []
+        self._origin: str | None = None
+        self._streams: dict[int, _Streamed] = {}
         self._in_stream: int | None = None  # xid of the open stream block
 
     @property
     def in_progress(self) -> bool:
         """A transaction (plain or streamed) has started and not ended."""
-        return self._current is not None or bool(self._streams)
+        return self._xid is not None or bool(self._streams)
 
-    def feed(self, data: bytes) -> Transaction | None:
+    def feed(self, data: bytes, start: int = 0) -> Transaction | Message | None:
+        """Take the pgoutput message that begins at *start* of *data* and
+        runs to its end (so an XLogData message can be fed whole)."""
+        if data.__class__ is not bytes:
+            data = bytes(data)
+        kind = data[start] if len(data) > start else None
+        if self._in_stream is None and self._xid is not None:
+            try:
+                if kind == 0x49:  # Insert
+                    oid, marker, ncols = _INSERT(data, start + 1)
+                    table = self._tables.get(oid) or self._lookup(oid)
+                    if marker != _N or ncols != table.ncols:
+                        if marker != _N:
+                            raise DecodeError("Insert without 'N'")
+                        self._check_columns(table, data, start + 6)
+                    self._changes.append(
+                        Change(
+                            "insert",
+                            table.schema,
+                            table.table,
+                            Row(table, data, start + 6),
+                        )
+                    )
+                    return None
+                if kind == 0x43:  # Commit
+                    if len(data) - start != 26:
+                        raise DecodeError(
+                            f"Commit message of {len(data) - start} bytes, not 26"
+                        )
+                    _flags, commit_lsn, end_lsn, ts = _COMMIT(data, start + 1)
+                    return self._commit(commit_lsn, end_lsn, ts)
+                if kind in (0x55, 0x44):  # Update, Delete
+                    self._changes.append(self._update_or_delete(kind, data, start))
+                    return None
+            except (struct.error, IndexError) as exc:
+                name = _NAMES[kind] if kind is not None else "empty"
+                raise DecodeError(
+                    f"malformed {name} message of {len(data) - start} bytes: {exc}"
+                ) from None
+        elif kind == 0x42 and self._in_stream is None:  # Begin
+            if len(data) - start != 21:
+                raise DecodeError(f"Begin message of {len(data) - start} bytes, not 21")
+            _final_lsn, _ts, self._xid = _BEGIN(data, start + 1)
+            self._changes = []
+            self._messages = []
+            self._origin = None
+            return None
         message = decode(
-            data,
+            data[start:] if start else data,
             in_stream=self._in_stream is not None,
             proto_version=self.proto_version,
+            encoding=self._encoding,
         )
         return self.apply(message)
 
-    def apply(self, m: PgOutputMessage) -> Transaction | None:
+    def apply(self, m: PgOutputMessage) -> Transaction | Message | None:
+        """Take one decoded message (the slow path of `feed()`)."""
         if isinstance(m, Insert | Update | Delete):
-            pending, subxid = self._target(m.xid)
-            pending.changes.append((subxid, self._row_change(m)))
+            self._add(self._row_change(m), m.xid)
             return None
         if isinstance(m, Begin):
-            self._current = _Pending(m.xid, commit_time=m.commit_time)
+            self._xid = m.xid
+            self._changes = []
+            self._messages = []
+            self._origin = None
             return None
         if isinstance(m, Commit):
-            current, self._current = self._current, None
-            if current is None:
-                raise DecodeError("Commit without a Begin")
-            return self._finish(current, m.commit_lsn, m.end_lsn, m.commit_time)
+            return self._commit(m.commit_lsn, m.end_lsn, m.commit_time)
         if isinstance(m, Relation):
-            self._tables[m.oid] = self._table(m)
+            self._tables[m.oid] = self._columns(m)
             return None
         if isinstance(m, Truncate):
-            pending, subxid = self._target(m.xid)
             for oid in m.relation_oids:
                 table = self._lookup(oid)
-                pending.changes.append(
-                    (subxid, Change("truncate", table.schema, table.name))
-                )
+                self._add(Change("truncate", table.schema, table.table), m.xid)
             return None
         if isinstance(m, TypeMessage):
             self._types[m.oid] = f"{m.schema}.{m.name}"
             return None
         if isinstance(m, Origin):
-            if self._current is not None:
-                self._current.origin = m.name
+            if self._xid is not None:
+                self._origin = m.name
             return None
         if isinstance(m, Message):
-            if m.transactional:
-                pending, subxid = self._target(m.xid)
-                pending.messages.append((subxid, m))
+            if not m.transactional:
+                return m
+            if self._in_stream is not None:
+                stream = self._streams[self._in_stream]
+                stream.messages.append(m)
+                stream.message_subxids.append(m.xid or self._in_stream)
+            elif self._xid is None:
+                raise DecodeError("transactional message outside a transaction")
+            else:
+                self._messages.append(m)
             return None
         if isinstance(m, StreamStart):
             self._in_stream = m.xid
-            self._streams.setdefault(m.xid, _Pending(m.xid))
+            self._streams.setdefault(m.xid, _Streamed(m.xid))
             return None
         if isinstance(m, StreamStop):
             self._in_stream = None
             return None
         if isinstance(m, StreamCommit):
-            pending = self._streams.pop(m.xid, _Pending(m.xid))
-            return self._finish(pending, m.commit_lsn, m.end_lsn, m.commit_time)
+            s = self._streams.pop(m.xid, None) or _Streamed(m.xid)
+            return Transaction(
+                s.xid, m.commit_lsn, m.end_lsn, m.commit_time, s.changes, s.messages
+            )
         if isinstance(m, StreamAbort):
             self._abort(m)
             return None
@@ -555,52 +628,77 @@ class Assembler:
     def reset(self) -> None:
         """Forget transactions in progress (the stream restarted); keep the
         relation cache, which the server re-sends anyway."""
-        self._current = None
+        self._xid = None
+        self._changes = []
+        self._messages = []
         self._streams.clear()
         self._in_stream = None
 
     # --- helpers ---------------------------------------------------------------
 
-    def _target(self, xid: int | None) -> tuple[_Pending, int]:
+    def _commit(self, commit_lsn: int, end_lsn: int, ts: int | datetime) -> Transaction:
+        xid, self._xid = self._xid, None
+        if xid is None:
+            raise DecodeError("Commit without a Begin")
+        return Transaction(
+            xid,
+            commit_lsn,
+            end_lsn,
+            ts if isinstance(ts, datetime) else PG_EPOCH + timedelta(microseconds=ts),
+            self._changes,
+            self._messages,
+            self._origin,
+        )
+
+    def _add(self, change: Change, xid: int | None) -> None:
         if self._in_stream is not None:
-            return self._streams[self._in_stream], xid or self._in_stream
-        if self._current is None:
+            stream = self._streams[self._in_stream]
+            stream.changes.append(change)
+            stream.change_subxids.append(xid or self._in_stream)
+        elif self._xid is None:
             raise DecodeError("row change outside a transaction")
-        return self._current, self._current.xid
+        else:
+            self._changes.append(change)
 
     def _abort(self, m: StreamAbort) -> None:
-        pending = self._streams.get(m.xid)
-        if pending is None:
+        s = self._streams.get(m.xid)
+        if s is None:
             return
         if m.subxid == m.xid:
             del self._streams[m.xid]
             return
-        pending.changes = [(s, c) for s, c in pending.changes if s != m.subxid]
-        pending.messages = [(s, c) for s, c in pending.messages if s != m.subxid]
+        keep = [i for i, x in enumerate(s.change_subxids) if x != m.subxid]
+        s.changes = [s.changes[i] for i in keep]
+        s.change_subxids = [s.change_subxids[i] for i in keep]
+        keep = [i for i, x in enumerate(s.message_subxids) if x != m.subxid]
+        s.messages = [s.messages[i] for i in keep]
+        s.message_subxids = [s.message_subxids[i] for i in keep]
 
-    def _finish(
-        self, pending: _Pending, commit_lsn: int, end_lsn: int, commit_time: datetime
-    ) -> Transaction:
-        return Transaction(
-            xid=pending.xid,
-            commit_lsn=commit_lsn,
-            end_lsn=end_lsn,
-            commit_time=commit_time,
-            changes=[c for _, c in pending.changes],
-            messages=[m for _, m in pending.messages],
-            origin=pending.origin,
+    def _columns(self, m: Relation) -> Columns:
+        oids = tuple(c.type_oid for c in m.columns)
+        base = self._base_types
+        unknown = {
+            oid
+            for oid in oids
+            if oid not in base and self._adapters.get_loader(oid, _TEXT) is None
+        }
+        if unknown:
+            if self._resolve_types is not None:
+                base.update(self._resolve_types(unknown))
+            for oid in unknown:
+                base.setdefault(oid, oid)
+        return Columns(
+            m.schema,
+            m.name,
+            tuple(c.name for c in m.columns),
+            oids,
+            tuple(base.get(oid, oid) for oid in oids),
+            context=self._context,
+            key=tuple(c.is_key for c in m.columns),
+            warned=self._warned,
         )
 
-    def _table(self, m: Relation) -> _Table:
-        loaders = []
-        for col in m.columns:
-            loader = self._transformer.get_loader(col.type_oid, pq.Format.TEXT)
-            loaders.append(loader.load)
-        return _Table(
-            m.schema, m.name, tuple(c.name for c in m.columns), tuple(loaders)
-        )
-
-    def _lookup(self, oid: int) -> _Table:
+    def _lookup(self, oid: int) -> Columns:
         try:
             return self._tables[oid]
         except KeyError:
@@ -608,37 +706,81 @@ class Assembler:
                 f"change for relation {oid} before its Relation message"
             ) from None
 
+    @staticmethod
+    def _check_columns(table: Columns, data: bytes, pos: int) -> None:
+        (ncols,) = _U16(data, pos)
+        if ncols != len(table.names):
+            raise DecodeError(
+                f"{table.schema}.{table.table}: tuple has {ncols} columns,"
+                f" relation has {len(table.names)}"
+            )
+
+    def _old(self, table: Columns, marker: int, raw: list[Any]) -> Row:
+        if len(raw) != len(table.names):
+            raise DecodeError(
+                f"{table.schema}.{table.table}: tuple has {len(raw)} columns,"
+                f" relation has {len(table.names)}"
+            )
+        if marker == _O or table.key is None:
+            return Row.from_values(table, raw)
+        return Row.from_values(table.key, [raw[i] for i in table.key_positions])
+
+    def _update_or_delete(self, kind: int, data: bytes, start: int) -> Change:
+        oid, marker = _OID_MARKER(data, start + 1)
+        table = self._tables.get(oid) or self._lookup(oid)
+        pos = start + 6
+        old: Row | None = None
+        if marker in (_K, _O):
+            raw, pos, _ = split_tuple(data, pos)
+            old = self._old(table, marker, raw)
+            if kind == 0x44:  # Delete
+                if pos != len(data):
+                    raise DecodeError(
+                        f"Delete message has {len(data) - pos} unexpected trailing"
+                        f" bytes at offset {pos - start}"
+                    )
+                return Change("delete", table.schema, table.table, None, old)
+            marker = data[pos]
+            pos += 1
+        elif kind == 0x44:
+            raise DecodeError("Delete without 'K' or 'O'")
+        if marker != _N:
+            raise DecodeError("Update without 'N'")
+        self._check_columns(table, data, pos)
+        return Change("update", table.schema, table.table, Row(table, data, pos), old)
+
     def _row_change(self, m: Insert | Update | Delete) -> Change:
         table = self._lookup(m.relation_oid)
         if isinstance(m, Insert):
-            return Change(
-                "insert", table.schema, table.name, self._values(table, m.new)
-            )
+            new = self._raw_row(table, m.new)
+            return Change("insert", table.schema, table.table, new)
+        old = None
+        if m.old is not None:
+            raw = _raw_values(m.old)
+            old = self._old(table, ord(m.old_kind or "O"), raw)
         if isinstance(m, Update):
-            old = self._values(table, m.old) if m.old is not None else None
-            return Change(
-                "update", table.schema, table.name, self._values(table, m.new), old
-            )
-        return Change(
-            "delete", table.schema, table.name, None, self._values(table, m.old)
-        )
+            new = self._raw_row(table, m.new)
+            return Change("update", table.schema, table.table, new, old)
+        return Change("delete", table.schema, table.table, None, old)
 
-    def _values(self, table: _Table, raw: RawTuple) -> dict[str, Any]:
+    def _raw_row(self, table: Columns, raw: RawTuple) -> Row:
         if len(raw) != len(table.names):
             raise DecodeError(
-                f"{table.schema}.{table.name}: tuple has {len(raw)} columns,"
+                f"{table.schema}.{table.table}: tuple has {len(raw)} columns,"
                 f" relation has {len(table.names)}"
             )
-        values: dict[str, Any] = {}
-        for name, load, (kind, data) in zip(
-            table.names, table.loaders, raw, strict=True
-        ):
-            if kind == 0x74:
-                values[name] = load(data)  # type: ignore[arg-type]
-            elif kind == 0x6E:
-                values[name] = None
-            elif kind == 0x75:
-                values[name] = UNCHANGED_TOAST
-            else:
-                values[name] = data  # binary format was not requested
-        return values
+        return Row.from_values(table, _raw_values(raw))
+
+
+def _raw_values(raw: RawTuple) -> list[Any]:
+    values: list[Any] = []
+    for kind, data in raw:
+        if kind == 0x74:
+            values.append(data)
+        elif kind == 0x6E:
+            values.append(None)
+        elif kind == 0x75:
+            values.append(UNCHANGED_TOAST)
+        else:
+            raise DecodeError("binary column values were not requested")
+    return values

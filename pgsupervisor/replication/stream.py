@@ -315,6 +315,12 @@ class ReplicationStream:
             query, slow_after=opts.slot_wait_warning, on_slow=self._report_blockers
         )
         logger.info("[%s] created replication slot %r", self.stack_id, opts.slot_name)
+        signals.send(
+            signals.slot_created,
+            self.sender,
+            slot_name=opts.slot_name,
+            recreated=state is not None or self._progress.slot_seen,
+        )
 
     def _report_blockers(self) -> None:
         with self._admin() as admin:
@@ -352,14 +358,33 @@ class ReplicationStream:
                 f"proto_version {proto} needs a newer server (this one supports up to"
                 f" {self.info.max_proto_version})"
             )
-        self._assembler = Assembler(proto_version=proto)
-        pubs = sql.Identifier(opts.publication).as_string(self._conn)
+        from collections.abc import Collection  # noqa: PLC0415
+
+        from .types import domain_base_types  # noqa: PLC0415
+        from .values import Session  # noqa: PLC0415
+
+        # The walsender formats values with this session's settings: bind the
+        # loaders to it.
+        conn = self._conn
+
+        def resolve_types(oids: Collection[int]) -> dict[int, int]:
+            with self._admin() as admin:
+                return domain_base_types(admin, oids)
+
+        self._assembler = Assembler(
+            conn if opts.adapters is None else Session(opts.adapters, conn),
+            proto_version=proto,
+            resolve_types=resolve_types,
+        )
+        pubs = sql.Identifier(opts.publication).as_string(conn)
         options: list[sql.Composable] = [
             sql.SQL("proto_version {}").format(sql.Literal(str(proto))),
             sql.SQL("publication_names {}").format(sql.Literal(pubs)),
         ]
         if opts.streaming:
             options.append(sql.SQL("streaming 'on'"))
+        if self.info.version >= 140000:
+            options.append(sql.SQL("messages 'true'"))
         query = sql.SQL("START_REPLICATION SLOT {} LOGICAL 0/0 ({})").format(
             sql.Identifier(opts.slot_name), sql.SQL(", ").join(options)
         )
@@ -525,9 +550,17 @@ class ReplicationStream:
         if kind == 0x77:  # 'w' XLogData
             _start, wal_end, _ = _XLOGDATA.unpack_from(data, 1)
             self._received_lsn = max(self._received_lsn, wal_end)
-            tx = self._assembler.feed(data[25:])
-            if tx is not None:
+            tx = self._assembler.feed(data, 25)
+            if isinstance(tx, Transaction):
                 self._enqueue(tx)
+            elif tx is not None:
+                signals.send(
+                    signals.message,
+                    self.sender,
+                    prefix=tx.prefix,
+                    content=tx.content,
+                    lsn=tx.lsn,
+                )
         elif kind == 0x6B:  # 'k' keepalive
             wal_end, _, reply = _KEEPALIVE.unpack_from(data, 1)
             self._server_wal_end = wal_end

@@ -92,15 +92,19 @@ def find_bindir() -> Path:
             reverse=True,
         )
     )
-    try:
-        import pgserver  # noqa: PLC0415
-
-        candidates.append(str(Path(pgserver.__file__).parent / "pginstall" / "bin"))
-    except ImportError:
-        pass
     for candidate in candidates:
         if _has_server(candidate):
             return Path(candidate)
+    # Last: importing pgserver has side effects (a RuntimeDirWarning without
+    # XDG_RUNTIME_DIR), so only when no system server was found.
+    try:
+        import pgserver  # noqa: PLC0415
+
+        bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
+        if _has_server(bundled):
+            return bundled
+    except ImportError:
+        pass
     raise ClusterError(
         "no PostgreSQL server binaries found (looked on PATH, in pg_config --bindir,"
         " /usr/lib/postgresql/*/bin and the pgserver package): install PostgreSQL,"

@@ -86,3 +86,23 @@ def test_flask_block_runs(app_dsn: str) -> None:
         assert client.get("/healthz/live").status_code == 200
     finally:
         ns["pgs"].manager.stop()
+
+
+def test_every_dotted_name_in_the_readme_resolves() -> None:
+    """``pgsupervisor.testing.Cluster`` and friends: what the README names,
+    a user can import (as a module, or an attribute of one)."""
+    import importlib
+
+    names = set(
+        re.findall(
+            r"[`\"'](pgsupervisor(?:\.[A-Za-z_][A-Za-z0-9_]*)+)[`\"']",
+            README.read_text(),
+        )
+    )
+    assert "pgsupervisor.testing.Cluster" in names
+    for name in sorted(names):
+        module, _, attr = name.rpartition(".")
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:
+            assert hasattr(importlib.import_module(module), attr), name

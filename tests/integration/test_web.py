@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,12 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
-from pgsupervisor import Manager
 from pgsupervisor.testing.cluster import Cluster, free_port
 
-from .helpers import eventually, running, slot_active
+from .helpers import eventually, slot_active
 
 pytestmark = [
     pytest.mark.server_control,
@@ -44,14 +45,14 @@ def get(port: int, path: str) -> tuple[int, dict[str, Any]]:
 
 
 @contextmanager
-def gunicorn(app: str, env: dict[str, str]) -> Iterator[int]:
+def gunicorn(app: str, env: dict[str, str], workers: int = 2) -> Iterator[int]:
     port = free_port()
     exe = Path(sys.executable).with_name("gunicorn")
     cmd = [
         str(exe) if exe.exists() else "gunicorn",
         "--preload",
         "-w",
-        "2",
+        str(workers),
         "-b",
         f"127.0.0.1:{port}",
         "--graceful-timeout",
@@ -133,42 +134,92 @@ def test_django_health_through_a_database_restart(
         check_outage_cycle(port, pg_cluster)
 
 
-def test_flask_standby_waiting_for_the_slot_is_live_not_ready(
-    pg_cluster: Cluster, tmp_path: Path
-) -> None:
-    dsn = pg_cluster.create_user(
-        "standby", "standby-pw", replication=True, database="standby"
-    )
-    import psycopg
+def probe_workers(
+    port: int, path: str, workers: int, timeout: float = 30
+) -> dict[int, list[tuple[int, dict[str, Any]]]]:
+    """GET *path* from 3 threads at once until every worker has answered
+    (concurrent requests make gunicorn hand them to different workers);
+    the answers by worker pid."""
+    by_pid: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    lock = threading.Lock()
 
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("create table items (id int primary key)")
-    replication = {"slot_name": "web", "tables": ["public.items"]}
-    leader = Manager(
-        dsn,
-        stack_id="leader",
-        pool={"size": 2},
-        replication=replication,
-        timeline={"directory": str(tmp_path)},
-    )
-    with running(leader):
-        leader.wait_active(timeout=15)
-        env = {
-            "TEST_DSN": dsn,
-            "TEST_REPLICATION": json.dumps(replication),
-            "TEST_STATE_DIR": str(tmp_path),
+    def one() -> None:
+        status, body = get(port, path)
+        with lock:
+            by_pid.setdefault(body["pid"], []).append((status, body))
+
+    def all_seen() -> bool:
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return len(by_pid) >= workers
+
+    assert eventually(all_seen, timeout), f"only workers {sorted(by_pid)} answered"
+    return by_pid
+
+
+WEB_APPS = {
+    "flask": "tests.integration.webapps.flaskapp:app",
+    "django": "tests.integration.webapps.djangowsgi:application",
+}
+
+
+@pytest.mark.parametrize("framework", ["flask", "django"])
+def test_workers_sharing_a_slot_are_all_ready_and_one_streams(
+    repl_db: tuple[str, str], tmp_path: Path, framework: str
+) -> None:
+    dsn, slot = repl_db
+    replication = {"slot_name": slot}
+    env = {
+        "TEST_DSN": dsn,
+        "TEST_SLOT": slot,
+        "TEST_REPLICATION": json.dumps(replication),
+        "TEST_STATE_DIR": str(tmp_path),
+    }
+    with gunicorn(WEB_APPS[framework], env, workers=3) as port:
+        # Every worker has started its manager; one holds the slot.
+        assert eventually(lambda: slot_active(dsn, slot), timeout=30)
+
+        def settled() -> bool:
+            answers = probe_workers(port, "/healthz/ready", 3)
+            statuses = {a[-1][1]["status"] for a in answers.values()}
+            return statuses == {"active", "waiting"}
+
+        assert eventually(settled, timeout=30)
+        ready = [get(port, "/healthz/ready") for _ in range(30)]
+        assert [status for status, _ in ready] == [200] * 30, ready
+        assert {body["status"] for _, body in ready} <= {"active", "waiting"}
+
+        answers = probe_workers(port, "/healthz/stream", 3)
+        streaming = {
+            pid for pid, got in answers.items() if any(s == 200 for s, _ in got)
         }
-        with gunicorn("tests.integration.webapps.flaskapp:app", env) as port:
-            body = settle(
-                port,
-                "/healthz/ready",
-                lambda status, body: status == 503 and body["status"] == "waiting",
-            )
-            assert "lock" in body["reason"]
-            settle(port, "/healthz/live", 200)  # readiness is not liveness
-            assert get(port, "/pid")[0] == 200  # the pools serve meanwhile
-            leader.stop()
-            settle(port, "/healthz/ready", 200)
+        assert len(answers) == 3 and len(streaming) == 1, answers
+        for pid, got in answers.items():
+            for status, body in got:
+                assert body["streaming"] is (pid in streaming)
+                assert status == (200 if pid in streaming else 503)
+                assert body["status"] == ("active" if pid in streaming else "waiting")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            (walsenders,) = conn.execute(
+                "select count(*) from pg_stat_replication r"
+                " join pg_replication_slots s on s.active_pid = r.pid"
+                " where s.slot_name = %s",
+                (slot,),
+            ).fetchone()
+        assert walsenders == 1
+        assert get(port, "/pid")[0] == 200  # the pools serve in every worker
+
+
+def test_pools_only_worker_is_ready_but_does_not_stream(
+    pg_cluster: Cluster, cluster_app_dsn: str
+) -> None:
+    with gunicorn(WEB_APPS["flask"], {"TEST_DSN": cluster_app_dsn}) as port:
+        settle(port, "/healthz/ready", 200)
+        body = settle(port, "/healthz/stream", 503)
+        assert body["status"] == "active" and body["streaming"] is False
 
 
 def test_django_does_not_start_in_management_commands(cluster_app_dsn: str) -> None:
@@ -254,3 +305,28 @@ def test_django_starts_in_ready_only_when_serving_runserver(
     else:
         monkeypatch.setenv("RUN_MAIN", run_main)
     assert _serving_runserver() is expected
+
+
+def test_a_failed_manager_is_neither_live_nor_ready(app_dsn: str) -> None:
+    from flask import Flask
+
+    from pgsupervisor import Status
+    from pgsupervisor.contrib.flask import PgSupervisor
+    from pgsupervisor.testing.pytest_plugin import APP_PASSWORD
+
+    app = Flask("failing")
+    app.config["PGSUPERVISOR_DSN"] = app_dsn.replace(APP_PASSWORD, "wrong-pw")
+    pgs = PgSupervisor(app)
+    client = app.test_client()
+    try:
+        client.get("/healthz/live")  # the first request starts the manager
+        pgs.manager.wait_status(Status.ACTIVE, timeout=15)
+        assert pgs.manager.status is Status.FAILED
+        for path in ("/healthz/live", "/healthz/ready", "/healthz/stream"):
+            response = client.get(path)
+            assert response.status_code == 503, path
+            body = response.get_json()
+            assert body["status"] == "failed" and "password" in body["reason"]
+            assert "wrong-pw" not in response.get_data(as_text=True)
+    finally:
+        pgs.manager.stop()

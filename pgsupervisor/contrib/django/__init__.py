@@ -33,20 +33,13 @@ from ...manager import Manager
 from ...shapes.declare import declare, named
 from ...shapes.shape import Shape
 from ..process import ProcessManager
+from .backend.params import is_postgres_engine, libpq_params
 
-__all__ = ["get_manager", "get_shape", "manager_options"]
+__all__ = ["get_manager", "get_shape", "manager_options", "release_manager"]
 
 default_app_config = "pgsupervisor.contrib.django.apps.PgSupervisorConfig"
 
 _holder: ProcessManager | None = None
-
-_DATABASE_KEYS = {
-    "NAME": "dbname",
-    "USER": "user",
-    "PASSWORD": "password",
-    "HOST": "host",
-    "PORT": "port",
-}
 
 
 def manager_options() -> tuple[str | dict[str, Any], dict[str, Any], bool | None]:
@@ -59,17 +52,11 @@ def manager_options() -> tuple[str | dict[str, Any], dict[str, Any], bool | None
     dsn = raw.pop("dsn", None)
     if dsn is None:
         database = settings.DATABASES["default"]
-        if "postgresql" not in database.get("ENGINE", ""):
+        if not is_postgres_engine(database.get("ENGINE", "")):
             raise RuntimeError(
                 "PGSUPERVISOR has no 'dsn' and DATABASES['default'] is not PostgreSQL"
             )
-        params: dict[str, Any] = {
-            ours: database[theirs]
-            for theirs, ours in _DATABASE_KEYS.items()
-            if database.get(theirs)
-        }
-        params.update(database.get("OPTIONS") or {})
-        dsn = params
+        dsn = libpq_params(database)
     raw.setdefault("stack_id", "django")
     return dsn, raw, autostart
 
@@ -101,3 +88,12 @@ def holder() -> ProcessManager:
 def get_manager(*, start: bool = True) -> Manager:
     """This process's Manager, started on first use."""
     return holder().get(start=start)
+
+
+def release_manager() -> None:
+    """Stop this process's Manager and forget it: the next `get_manager()`
+    builds a new one (a test database about to be copied or dropped)."""
+    global _holder
+    current, _holder = _holder, None
+    if current is not None:
+        current.stop()

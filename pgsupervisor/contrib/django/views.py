@@ -1,4 +1,5 @@
-"""Health views: liveness (the supervisor runs) and readiness (ACTIVE)."""
+"""Health views: liveness (the supervisor runs), readiness (the pools
+serve: ACTIVE or WAITING) and streaming (this process streams the slot)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ from . import get_manager
 
 
 def live(request: HttpRequest) -> JsonResponse:
-    ok, _, payload = health(get_manager())
-    return JsonResponse(payload, status=200 if ok else 503)
+    state = health(get_manager())
+    return JsonResponse(state.payload, status=200 if state.live else 503)
 
 
 def ready(request: HttpRequest) -> JsonResponse:
-    _, ok, payload = health(get_manager())
-    return JsonResponse(payload, status=200 if ok else 503)
+    state = health(get_manager())
+    return JsonResponse(state.payload, status=200 if state.ready else 503)
+
+
+def stream(request: HttpRequest) -> JsonResponse:
+    state = health(get_manager())
+    return JsonResponse(state.payload, status=200 if state.streaming else 503)

@@ -28,5 +28,7 @@ PGSUPERVISOR = {
 }
 if os.environ.get("TEST_SLOT"):
     PGSUPERVISOR["replication"] = {"slot_name": os.environ["TEST_SLOT"]}
-    PGSUPERVISOR["timeline"] = {"directory": "/tmp/pgsupervisor-django-test"}
+    PGSUPERVISOR["timeline"] = {
+        "directory": os.environ.get("TEST_STATE_DIR", "/tmp/pgsupervisor-django-test")
+    }
 USE_TZ = True

@@ -1,0 +1,425 @@
+"""Column values of a change, decoded when read.
+
+A `Row` keeps the tuple the server sent (one pgoutput message and an offset)
+and converts a column the first time it is read, with psycopg's loaders bound
+to the replication session: its encoding, DateStyle, TimeZone and
+IntervalStyle are the ones the walsender formatted the values with. Reading
+every value goes through psycopg's C row loader (`Transformer.load_sequence`),
+the cost of a ``fetchall()``. A value no loader accepts (date ``infinity``, a
+BC date, ``24:00``…) becomes a `RawValue` instead of an error, logged once
+per column: one value never stops a stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Final
+from uuid import UUID
+
+from psycopg import pq
+from psycopg.abc import AdaptContext
+from psycopg.adapt import AdaptersMap, Transformer
+
+from ..errors import PgSupervisorError
+
+__all__ = ["UNCHANGED_TOAST", "Columns", "DecodeError", "RawValue", "Row", "Session"]
+
+logger = logging.getLogger("pgsupervisor")
+
+_TEXT = pq.Format.TEXT
+_I16 = struct.Struct(">h").unpack_from
+_I32 = struct.Struct(">i").unpack_from
+
+
+class DecodeError(PgSupervisorError):
+    """A pgoutput message could not be decoded."""
+
+    __module__ = "pgsupervisor"
+
+
+class _Unchanged:
+    """An unchanged TOASTed value: the server did not send it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+    def __reduce__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+
+UNCHANGED_TOAST: Final = _Unchanged()
+
+
+@dataclass(frozen=True, slots=True)
+class RawValue:
+    """A value psycopg has no loader for that accepts it, as the server sent
+    it: the text (in the session's DateStyle etc.) and the column's type OID.
+    Register a loader on ``ReplicationOptions.adapters`` to get a Python
+    value instead."""
+
+    text: str
+    type_oid: int
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RawValue, (self.text, self.type_oid))
+
+
+class Session:
+    """An adaptation context: the loaders of *adapters*, the session settings
+    (encoding, DateStyle, TimeZone…) of *connection*."""
+
+    __slots__ = ("adapters", "connection")
+
+    def __init__(self, adapters: AdaptersMap, connection: Any = None):
+        self.adapters = adapters
+        self.connection = connection
+
+
+class Columns:
+    """One relation's columns and their loaders, as of one Relation message.
+
+    *load_oids* is the type each column is loaded as (a domain's base type);
+    *oids* the type the server named, which a `RawValue` carries. *warned*
+    is shared by every relation of a stream: the columns already logged.
+    """
+
+    __slots__ = (
+        "_warned",
+        "encoding",
+        "index",
+        "key",
+        "key_positions",
+        "loaders",
+        "names",
+        "ncols",
+        "oids",
+        "schema",
+        "table",
+        "transformer",
+    )
+
+    def __init__(
+        self,
+        schema: str,
+        table: str,
+        names: tuple[str, ...],
+        oids: tuple[int, ...],
+        load_oids: tuple[int, ...],
+        *,
+        context: AdaptContext | None,
+        key: tuple[bool, ...] | None = None,
+        warned: set[tuple[str, str, str]] | None = None,
+    ):
+        self.schema = schema
+        self.table = table
+        self.names = names
+        self.ncols = len(names)
+        self.oids = oids
+        self.index = {name: i for i, name in enumerate(names)}
+        tx = Transformer(context)
+        # Loaders are built now, while the session is open: they read its
+        # DateStyle and TimeZone when created.
+        self.loaders = tuple(tx.get_loader(oid, _TEXT).load for oid in load_oids)
+        tx.set_loader_types(load_oids, _TEXT)
+        self.transformer = tx
+        self.encoding = tx.encoding  # the walsender converts text to it
+        self._warned = set() if warned is None else warned
+        self.key_positions: tuple[int, ...] = ()
+        self.key: Columns | None = None
+        if key is not None:
+            self.key_positions = tuple(i for i, k in enumerate(key) if k)
+            self.key = self._project(self.key_positions, load_oids, context)
+
+    def _project(
+        self, positions: tuple[int, ...], load_oids: tuple[int, ...], context: Any
+    ) -> Columns:
+        return Columns(
+            self.schema,
+            self.table,
+            tuple(self.names[i] for i in positions),
+            tuple(self.oids[i] for i in positions),
+            tuple(load_oids[i] for i in positions),
+            context=context,
+            warned=self._warned,
+        )
+
+    def load(self, i: int, data: Any) -> Any:
+        """One value of column *i*; a RawValue when its loader refuses it."""
+        if data is None or data is UNCHANGED_TOAST:
+            return data
+        try:
+            return self.loaders[i](data)
+        except Exception as exc:
+            return self.raw_value(i, data, exc)
+
+    def raw_value(self, i: int, data: bytes, error: Exception) -> RawValue:
+        name = self.names[i]
+        if (where := (self.schema, self.table, name)) not in self._warned:
+            self._warned.add(where)
+            logger.warning(
+                "column %s.%s.%s (type %d): cannot load a value (%s: %s); delivered"
+                " as RawValue, register a loader in ReplicationOptions.adapters to"
+                " convert it",
+                self.schema,
+                self.table,
+                name,
+                self.oids[i],
+                type(error).__name__,
+                error,
+            )
+        return RawValue(
+            bytes(data).decode(self.encoding, "backslashreplace"), self.oids[i]
+        )
+
+    def __repr__(self) -> str:
+        return f"<Columns {self.schema}.{self.table} {list(self.names)}>"
+
+
+def split_tuple(buf: bytes, pos: int) -> tuple[list[Any], int, bool]:
+    """Split the TupleData at *pos* into one item per column: the value's
+    bytes, None (NULL) or UNCHANGED_TOAST; also return where it ends and
+    whether an unchanged TOAST value is among them."""
+    size = len(buf)
+    values: list[Any] = []
+    append = values.append
+    toast = False
+    try:
+        (ncols,) = _I16(buf, pos)
+        pos += 2
+        for _ in range(ncols):
+            kind = buf[pos]
+            if kind == 0x74:  # 't' text
+                start = pos + 5
+                pos = start + _I32(buf, pos + 1)[0]
+                if pos < start:
+                    raise DecodeError(f"negative value length at offset {start - 4}")
+                append(buf[start:pos])
+            elif kind == 0x6E:  # 'n' null
+                append(None)
+                pos += 1
+            elif kind == 0x75:  # 'u' unchanged toast
+                append(UNCHANGED_TOAST)
+                toast = True
+                pos += 1
+            else:
+                raise DecodeError(
+                    f"unexpected tuple column kind {bytes([kind])!r} at offset {pos}"
+                )
+    except (IndexError, struct.error):
+        pos = size + 1
+    if pos > size:
+        raise DecodeError(f"a column value overruns the message of {size} bytes")
+    return values, pos, toast
+
+
+def _column(buf: Any, pos: int, i: int) -> Any:
+    """The value of column *i* of the TupleData at *pos*, without splitting
+    the others."""
+    pos += 2
+    for _ in range(i):
+        if buf[pos] == 0x74:
+            pos += 5 + _I32(buf, pos + 1)[0]
+        else:
+            pos += 1
+    kind = buf[pos]
+    if kind == 0x74:
+        (length,) = _I32(buf, pos + 1)
+        pos += 5
+        if length < 0 or pos + length > len(buf):
+            raise DecodeError(
+                f"column value of {length} bytes at offset {pos} overruns the"
+                f" message of {len(buf)} bytes"
+            )
+        return buf[pos : pos + length]
+    if kind == 0x6E:
+        return None
+    if kind == 0x75:
+        return UNCHANGED_TOAST
+    raise DecodeError(f"unexpected tuple column kind {bytes([kind])!r} at offset {pos}")
+
+
+# Loaded values that cannot change: re-loading one gives an equal object.
+_IMMUTABLE: Final = frozenset(
+    {int, str, float, bool, bytes, Decimal, date, datetime, time, timedelta, UUID}
+)
+
+
+class Row(Mapping[str, Any]):
+    """The values of one row, decoded when read; read-only, else like a dict.
+
+    ``row["id"]`` decodes that column only; ``dict(row)``, ``items()``,
+    ``values()``, ``==`` and ``repr`` decode them all at once. A pickled Row
+    comes back as a plain dict of its values.
+    """
+
+    __slots__ = ("_buf", "_cache", "_cols", "_dict", "_pos", "_raw", "_toast")
+
+    def __init__(self, columns: Columns, buf: bytes | None, pos: int = 0):
+        self._cols = columns
+        self._buf = buf  # the message holding the tuple, until it is split
+        self._pos = pos
+        self._raw: list[Any] | None = None
+        self._toast = False  # UNCHANGED_TOAST among the values, once split
+        self._cache: dict[str, Any] | None = None  # columns read one by one
+        self._dict: dict[str, Any] | None = None  # every column, once read
+
+    @classmethod
+    def from_values(cls, columns: Columns, raw: list[Any]) -> Row:
+        """A row over values already split (see `split_tuple`)."""
+        row = cls(columns, None)
+        row._raw = raw
+        row._toast = UNCHANGED_TOAST in raw
+        return row
+
+    def _split(self) -> list[Any] | None:
+        """The values as sent; None if another thread decoded them all
+        meanwhile (then `_dict` is set: it is set before `_raw` is cleared,
+        as `_raw` is before `_buf`)."""
+        buf = self._buf
+        if buf is None:
+            return self._raw
+        raw, end, toast = split_tuple(buf, self._pos)
+        if end != len(buf):
+            raise DecodeError(
+                f"{self._cols.schema}.{self._cols.table}: {len(buf) - end} unexpected"
+                f" bytes after the tuple at offset {end}"
+            )
+        self._toast = toast
+        self._raw = raw
+        self._buf = None
+        return raw
+
+    def __getitem__(self, key: str) -> Any:
+        d = self._dict
+        if d is not None:
+            return d[key]
+        cache = self._cache
+        if cache is not None and key in cache:
+            return cache[key]
+        i = self._cols.index[key]
+        raw = self._raw
+        if raw is not None:
+            data = raw[i]
+        else:  # walk to column i; _column() has the same walk, for the rare kinds
+            buf: Any = self._buf
+            if buf is None:  # another thread split the row meanwhile
+                return self._values()[key]
+            pos = self._pos + 2
+            for _ in range(i):
+                pos += 5 + _I32(buf, pos + 1)[0] if buf[pos] == 0x74 else 1
+            if buf[pos] == 0x74:
+                (length,) = _I32(buf, pos + 1)
+                pos += 5
+                if length < 0 or pos + length > len(buf):
+                    return _column(buf, self._pos, i)  # raises DecodeError
+                data = buf[pos : pos + length]
+            else:
+                data = _column(buf, self._pos, i)
+        if data is None or data is UNCHANGED_TOAST:
+            return data
+        try:
+            value = self._cols.loaders[i](data)
+        except Exception as exc:
+            value = self._cols.raw_value(i, data, exc)
+        if value.__class__ not in _IMMUTABLE:  # hand out the same object again
+            if cache is None:
+                self._cache = cache = {}
+            cache[key] = value
+        return value
+
+    def _values(self) -> dict[str, Any]:
+        d = self._dict
+        if d is not None:
+            return d
+        cols = self._cols
+        raw = self._raw
+        if raw is None:
+            raw = self._split()
+            if raw is None:
+                d = self._dict
+                assert d is not None
+                return d
+        d = None
+        if not self._toast:  # the row in one C call
+            try:
+                d = dict(
+                    zip(cols.names, cols.transformer.load_sequence(raw), strict=False)
+                )
+            except Exception:
+                d = None
+        else:
+            d = self._load_toasted(cols, raw)
+        if d is None:  # one value by one: RawValue for those that fail
+            d = {name: cols.load(i, raw[i]) for i, name in enumerate(cols.names)}
+        if self._cache:
+            d.update(self._cache)  # keep the objects already handed out
+        self._dict = d
+        self._raw = self._cache = None
+        return d
+
+    @staticmethod
+    def _load_toasted(cols: Columns, raw: list[Any]) -> dict[str, Any] | None:
+        try:
+            loaded = list(
+                cols.transformer.load_sequence(
+                    [None if v is UNCHANGED_TOAST else v for v in raw]
+                )
+            )
+        except Exception:
+            return None
+        for i, v in enumerate(raw):
+            if v is UNCHANGED_TOAST:
+                loaded[i] = UNCHANGED_TOAST
+        return dict(zip(cols.names, loaded, strict=True))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._cols.names)
+
+    def __len__(self) -> int:
+        return len(self._cols.names)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._cols.index
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._cols.index:
+            return self[key]
+        return default
+
+    def keys(self) -> KeysView[str]:
+        return self._cols.index.keys()
+
+    def values(self) -> ValuesView[Any]:
+        d = self._dict
+        return (d if d is not None else self._values()).values()
+
+    def items(self) -> ItemsView[str, Any]:
+        d = self._dict
+        return (d if d is not None else self._values()).items()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Row):
+            return self._values() == other._values()
+        if isinstance(other, dict):
+            return self._values() == other
+        if isinstance(other, Mapping):
+            return self._values() == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._values())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self._values(),))
