@@ -115,6 +115,22 @@ class _Route:
         return found or ()
 
 
+def _materialized(change: Change) -> Change:
+    """*change* with plain dicts: a row read lazily (the stream decodes a
+    column when it is read) is decoded once, in one call, rather than column
+    by column for the index, the clause, the key and the projection."""
+    new, old = change.new, change.old
+    if (new is None or type(new) is dict) and (old is None or type(old) is dict):
+        return change
+    return Change(
+        change.op,
+        change.schema,
+        change.table,
+        new if new is None or type(new) is dict else dict(new.items()),
+        old if old is None or type(old) is dict else dict(old.items()),
+    )
+
+
 def _lookup(
     by_value: dict[Any, set[Shape]], row: Mapping[str, Any] | None, column: str
 ) -> set[Shape] | None:
@@ -322,14 +338,15 @@ class ShapeCache:
                 return
             touched: dict[Shape, list[Change]] = {}
             routes = self._routes
-            for change in tx.changes:
-                route = routes.get((change.schema, change.table))
+            for sent in tx.changes:
+                route = routes.get((sent.schema, sent.table))
                 if route is None:
                     continue
-                if change.op == "truncate":
+                if sent.op == "truncate":
                     for shape in route.shapes:
-                        touched.setdefault(shape, []).append(change)
+                        touched.setdefault(shape, []).append(sent)
                     continue
+                change = _materialized(sent)
                 row = change.old if change.op == "delete" else change.new
                 if row is not None and row.keys() != route.columns:
                     self._columns_changed(route, change, frozenset(row.keys()))
