@@ -25,9 +25,9 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -65,6 +65,10 @@ from .replication.stream import (
 from .status import Status, StatusMachine
 from .tasks import Lane, TaskDone
 from .timeline import check_store, make_store
+
+if TYPE_CHECKING:
+    from .shapes.cache import ShapeCache
+    from .shapes.shape import Shape
 
 __all__ = ["Manager"]
 
@@ -246,6 +250,7 @@ class Manager:
         self.system_identifier: int | None = None
         self.timeline_id: int | None = None
 
+        self._shapes: ShapeCache | None = None
         self.pool_sizes: dict[str, int] = self.pool_options.sizes
         self.admin_pool = self._make_pool("admin")
         self.snapshot_pool = self._make_pool("snapshot")
@@ -301,6 +306,33 @@ class Manager:
     def delivered_lsn(self) -> int:
         """End LSN of the last transaction every receiver returned for."""
         return self._progress.delivered_lsn
+
+    def shape(
+        self,
+        table: str,
+        where: str | None = None,
+        params: Iterable[Any] | None = None,
+        columns: Iterable[str] | None = None,
+        set_replica_identity: bool = False,
+    ) -> Shape:
+        """A live view of ``SELECT columns FROM table WHERE where``; returns at
+        once and builds in the background (see `Shape`)."""
+        from .shapes.cache import ShapeCache  # noqa: PLC0415 (pglast on demand)
+        from .shapes.shape import Shape  # noqa: PLC0415
+
+        with self._lifecycle:
+            if self._shapes is None:
+                self._shapes = ShapeCache(self)
+        return self._shapes.add(
+            Shape(
+                self._shapes,
+                table,
+                where=where,
+                params=params,
+                columns=columns,
+                set_replica_identity=set_replica_identity,
+            )
+        )
 
     def start(self) -> Manager:
         """Start the supervisor thread and return at once. Raises

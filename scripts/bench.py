@@ -5,6 +5,7 @@
     python scripts/bench.py overload [--size 8] [--seconds 10]
     python scripts/bench.py replication [--quick] [--rows 400000]
         [--one-row-txs 60000] [--runs 5] [--big-mb 200] [--profile]
+    python scripts/bench.py shapes [--shapes 1000] [--rows 1000000]  (bench_shapes.py)
 
 ``pool``: checkout + ``select 1`` + return through ``manager.snapshot_pool``
 vs a raw ``psycopg_pool.ConnectionPool`` of the same size, with 1 and 8
@@ -798,7 +799,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["pool", "overload", "replication"])
+    parser.add_argument("what", choices=["pool", "overload", "replication", "shapes"])
     parser.add_argument(
         "--big-mb",
         type=int,
@@ -829,6 +830,10 @@ def main() -> int:
     )
     parser.add_argument("--size", type=int, default=8)
     parser.add_argument("--outage", type=float, default=3.0)
+    if sys.argv[1:2] == ["shapes"]:  # its own options: see bench_shapes.py
+        from bench_shapes import main as bench_shapes  # noqa: PLC0415
+
+        return bench_shapes(sys.argv[2:])
     args = parser.parse_args()
     if args.what == "replication":
         bench_replication(args)

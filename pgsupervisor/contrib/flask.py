@@ -17,7 +17,10 @@
 Configuration (``app.config``): ``PGSUPERVISOR_DSN`` (required),
 ``PGSUPERVISOR_STACK_ID`` (default: the app's name), ``PGSUPERVISOR_REPLICATION``,
 ``PGSUPERVISOR_POOL``, ``PGSUPERVISOR_BACKOFF``, ``PGSUPERVISOR_TIMELINE`` (the
-Manager's options), ``PGSUPERVISOR_HEALTH_PREFIX`` (default ``/healthz``; None
+Manager's options), ``PGSUPERVISOR_SHAPES`` (``{name: {"table": ..., "where":
+..., "params": [...], "columns": [...]}}``, created with the Manager; read
+them with ``pgs.shape(name)``), ``PGSUPERVISOR_HEALTH_PREFIX`` (default
+``/healthz``; None
 for no endpoints). The extension is ``app.extensions["pgsupervisor"]``; its
 ``manager`` is this process's Manager, started on first use (the first
 request), stopped at exit, and replaced in a forked worker.
@@ -36,6 +39,8 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from ..manager import Manager
+from ..shapes.declare import declare, named
+from ..shapes.shape import Shape
 from .process import ProcessManager, health
 
 __all__ = ["PgSupervisor"]
@@ -66,7 +71,15 @@ class PgSupervisor:
                 options[name.lower()] = config[f"PGSUPERVISOR_{name}"]
         options.update(self.manager_options)
         Manager(dsn, **options)  # validate the configuration now, not at a request
-        holder = ProcessManager(lambda: Manager(dsn, **options))
+        shapes = config.get("PGSUPERVISOR_SHAPES")
+
+        def make() -> Manager:
+            manager = Manager(dsn, **options)
+            if shapes:
+                declare(manager, shapes)
+            return manager
+
+        holder = ProcessManager(make)
         self._holders[id(app)] = holder
         self._app = app
         app.extensions["pgsupervisor"] = self
@@ -87,6 +100,10 @@ class PgSupervisor:
     def manager(self) -> Manager:
         """This process's Manager, started on first use."""
         return self._holder().get()
+
+    def shape(self, name: str) -> Shape:
+        """The shape declared as *name* in ``PGSUPERVISOR_SHAPES``."""
+        return named(self.manager, name)
 
 
 def _health_blueprint(holder: ProcessManager) -> Blueprint:

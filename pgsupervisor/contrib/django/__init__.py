@@ -17,6 +17,10 @@ its workers (``--preload``). To start eagerly in each gunicorn worker::
         from pgsupervisor.contrib.django import get_manager
         get_manager()
 
+``PGSUPERVISOR["shapes"] = {name: {"table": ..., "where": ..., "params": [...],
+"columns": [...]}}`` declares shapes, created with the Manager; read them with
+`get_shape()`.
+
 Health views (``path("", include("pgsupervisor.contrib.django.urls"))``):
 ``healthz/live`` and ``healthz/ready``, as for Flask.
 """
@@ -26,10 +30,12 @@ from __future__ import annotations
 from typing import Any
 
 from ...manager import Manager
+from ...shapes.declare import declare, named
+from ...shapes.shape import Shape
 from ..process import ProcessManager
 from .backend.params import is_postgres_engine, libpq_params
 
-__all__ = ["get_manager", "manager_options", "release_manager"]
+__all__ = ["get_manager", "get_shape", "manager_options", "release_manager"]
 
 default_app_config = "pgsupervisor.contrib.django.apps.PgSupervisorConfig"
 
@@ -42,6 +48,7 @@ def manager_options() -> tuple[str | dict[str, Any], dict[str, Any], bool | None
 
     raw = {str(k).lower(): v for k, v in getattr(settings, "PGSUPERVISOR", {}).items()}
     autostart = raw.pop("autostart", None)
+    raw.pop("shapes", None)  # see _factory()
     dsn = raw.pop("dsn", None)
     if dsn is None:
         database = settings.DATABASES["default"]
@@ -55,8 +62,20 @@ def manager_options() -> tuple[str | dict[str, Any], dict[str, Any], bool | None
 
 
 def _factory() -> Manager:
+    from django.conf import settings  # noqa: PLC0415
+
     dsn, options, _ = manager_options()
-    return Manager(dsn, **options)
+    raw = {str(k).lower(): v for k, v in getattr(settings, "PGSUPERVISOR", {}).items()}
+    shapes = raw.get("shapes")
+    manager = Manager(dsn, **options)
+    if shapes:
+        declare(manager, shapes)
+    return manager
+
+
+def get_shape(name: str) -> Shape:
+    """The shape declared as *name* in ``PGSUPERVISOR["shapes"]``."""
+    return named(get_manager(), name)
 
 
 def holder() -> ProcessManager:

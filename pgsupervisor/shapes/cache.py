@@ -1,0 +1,434 @@
+"""The per-Manager shape cache: one ``transaction`` receiver for every shape.
+
+Each change is routed only to the shapes it can touch: an index by table,
+and within a table by one equality of each shape's clause
+(``tenant_id = $1``), the way Electric's filter index
+(``shapes/filter/indexes/equality_index.ex``) avoids evaluating a thousand
+clauses per change. Shapes without an indexable equality are evaluated one
+by one.
+
+``shape_changed`` is sent synchronously from the ``transaction`` receiver, so
+the slot's flush position passes a transaction only after every shape
+applied it and every ``shape_changed`` receiver returned. A receiver that
+raises makes the stream deliver the transaction again; shapes that applied
+it skip it, and only the receivers that had not returned are called again.
+
+Snapshots run on a few builder threads, so a million-row snapshot never
+holds up the stream: shapes being built buffer their transactions.
+
+All shape state is guarded by one lock, ``lock`` (re-entrant: receivers may
+read shapes). It is held while ``shape_changed`` receivers run, so they see
+the rows as of their transaction: they must not wait for other threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from .. import signals
+from ..replication.pgoutput import Change, Transaction
+from ..status import Status
+from . import publication, snapshot
+from .errors import ShapeError, WhereEvaluationError
+from .plan import make_plan
+from .shape import Invalidated, Plan, Shape
+
+if TYPE_CHECKING:
+    from ..manager import Manager
+
+__all__ = ["ShapeCache"]
+
+logger = logging.getLogger("pgsupervisor")
+
+_STOP: Final = object()
+_BUILDERS: Final = 2
+
+
+class _Route:
+    """The shapes on one table, indexed by one equality each."""
+
+    __slots__ = ("columns", "index", "plain", "shapes")
+
+    def __init__(self, columns: frozenset[str]) -> None:
+        self.columns = columns
+        self.shapes: set[Shape] = set()
+        self.plain: set[Shape] = set()
+        self.index: dict[str, dict[Any, set[Shape]]] = {}
+
+    def add(self, shape: Shape, plan: Plan) -> tuple[str, Any] | None:
+        self.shapes.add(shape)
+        for column, value in plan.equalities:
+            try:
+                self.index.setdefault(column, {}).setdefault(value, set()).add(shape)
+            except TypeError:  # unhashable (json, arrays): try the next one
+                continue
+            return (column, value)
+        self.plain.add(shape)
+        return None
+
+    def discard(self, shape: Shape, slot: tuple[str, Any] | None) -> None:
+        self.shapes.discard(shape)
+        self.plain.discard(shape)
+        if slot is not None:
+            column, value = slot
+            by_value = self.index.get(column, {})
+            members = by_value.get(value)
+            if members is not None:
+                members.discard(shape)
+                if not members:
+                    del by_value[value]
+            if not by_value:
+                self.index.pop(column, None)
+
+    def candidates(self, change: Change) -> Iterable[Shape]:
+        if not self.index:
+            return self.plain
+        if len(self.index) == 1 and not self.plain:  # the tenant case
+            ((column, by_value),) = self.index.items()
+            members = _lookup(by_value, change.new, column)
+            if change.old is None:
+                return members or ()
+            more = _lookup(by_value, change.old, column)
+            if not more or more is members:
+                return members or ()
+            return more if not members else members | more
+        found: set[Shape] | None = None
+        new, old = change.new, change.old
+        for column, by_value in self.index.items():
+            members = _lookup(by_value, new, column)
+            if old is not None:
+                more = _lookup(by_value, old, column)
+                if more and more is not members:
+                    members = more if not members else members | more
+            if members:
+                found = set(members) if found is None else found | members
+        if self.plain:
+            return self.plain if found is None else found | self.plain
+        return found or ()
+
+
+def _materialized(change: Change) -> Change:
+    """*change* with plain dicts: a row read lazily (the stream decodes a
+    column when it is read) is decoded once, in one call, rather than column
+    by column for the index, the clause, the key and the projection."""
+    new, old = change.new, change.old
+    if (new is None or type(new) is dict) and (old is None or type(old) is dict):
+        return change
+    return Change(
+        change.op,
+        change.schema,
+        change.table,
+        new if new is None or type(new) is dict else dict(new.items()),
+        old if old is None or type(old) is dict else dict(old.items()),
+    )
+
+
+def _lookup(
+    by_value: dict[Any, set[Shape]], row: Mapping[str, Any] | None, column: str
+) -> set[Shape] | None:
+    if row is None:
+        return None
+    try:
+        return by_value.get(row.get(column))
+    except TypeError:  # an unhashable value: every shape indexed on the column
+        return set().union(*by_value.values())
+
+
+class ShapeCache:
+    """Every shape of one Manager, and the threads that build them."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.lock = threading.RLock()
+        self.last_lsn = 0  # end_lsn of the last transaction fully handled
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._slots: dict[Shape, tuple[tuple[str, str], tuple[str, Any] | None]] = {}
+        self._shapes: set[Shape] = set()
+        self.named: dict[str, Shape] = {}  # declared in configuration
+        self._queue: queue.SimpleQueue[Shape | object] = queue.SimpleQueue()
+        self._busy: set[Shape] = set()  # queued or being built
+        self._closing = threading.Event()
+        self._builders: list[threading.Thread] = []
+        signals.transaction.connect(self._on_transaction, sender=manager)
+        signals.slot_created.connect(self._on_slot_created, sender=manager)
+        signals.slot_recreated.connect(self._on_slot_recreated, sender=manager)
+        signals.timeline_changed.connect(self._on_timeline_changed, sender=manager)
+        signals.status_changed.connect(self._on_status_changed, sender=manager)
+
+    # --- shapes -------------------------------------------------------------------
+
+    def add(self, shape: Shape) -> Shape:
+        """Start building *shape*. When the pools serve, its table and clause
+        are checked first, so a mistake raises `ShapeError` here."""
+        if self._closing.is_set():
+            raise ShapeError("the manager is stopped: no new shapes")
+        if self.manager.status in (Status.ACTIVE, Status.WAITING):
+            try:
+                with self.manager.admin_pool.connection(timeout=5.0) as conn:
+                    make_plan(conn, shape)
+            except (psycopg.Error, PoolTimeout) as exc:
+                logger.debug("checking shape %r deferred: %s", shape, exc)
+        with self.lock:
+            self._shapes.add(shape)
+            if not self._builders:
+                for n in range(_BUILDERS):
+                    thread = threading.Thread(
+                        target=self._build_loop,
+                        name=f"pgsupervisor-{self.manager.stack_id}-shapes-{n}",
+                        daemon=True,
+                    )
+                    thread.start()
+                    self._builders.append(thread)
+        self._schedule(shape)
+        return shape
+
+    def remove(self, shape: Shape) -> None:
+        with self.lock:
+            self._shapes.discard(shape)
+            self._unroute(shape)
+
+    def shapes(self) -> list[Shape]:
+        with self.lock:
+            return list(self._shapes)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close every shape and stop the builders (the manager stops)."""
+        self._closing.set()
+        for shape in self.shapes():
+            shape.close()
+        for _ in self._builders:
+            self._queue.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for thread in self._builders:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        signals.transaction.disconnect(self._on_transaction, sender=self.manager)
+
+    def _schedule(self, shape: Shape) -> None:
+        """Have a builder (re)build *shape*, unless one already has it: that
+        one sees the status is not live and builds again."""
+        with self.lock:
+            if shape in self._busy or shape.status == "closed":
+                return
+            self._busy.add(shape)
+        self._queue.put(shape)
+
+    def _route(self, shape: Shape, plan: Plan) -> None:
+        self._unroute(shape)
+        name = (plan.schema, plan.table)
+        route = self._routes.get(name)
+        if route is None:
+            route = self._routes[name] = _Route(plan.table_columns)
+        route.columns = plan.table_columns
+        self._slots[shape] = (name, route.add(shape, plan))
+
+    def _unroute(self, shape: Shape) -> None:
+        entry = self._slots.pop(shape, None)
+        if entry is None:
+            return
+        name, slot = entry
+        route = self._routes.get(name)
+        if route is not None:
+            route.discard(shape, slot)
+            if not route.shapes:
+                del self._routes[name]
+
+    # --- building -------------------------------------------------------------------
+
+    def _build_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, Shape)
+            try:
+                self._build(item)
+            except Exception:  # a bug: say so, keep the builder alive
+                logger.exception("building %r failed", item)
+                with self.lock:
+                    self._busy.discard(item)
+
+    def _build(self, shape: Shape) -> None:
+        """Plan, publish, subscribe, snapshot, install; retry transient
+        failures with the manager's backoff until the shape is live."""
+        retry = self.manager.backoff.start()
+        while True:
+            with self.lock:
+                if self._closing.is_set() or shape.status in ("live", "closed"):
+                    self._busy.discard(shape)
+                    return
+            try:
+                if self._wait_active():
+                    self._build_once(shape)
+            except ShapeError as exc:
+                with self.lock:
+                    self._fail(shape, exc)
+            except psycopg.DataError as exc:  # the server cannot evaluate it
+                with self.lock:
+                    self._fail(shape, ShapeError(f"the shape's SELECT failed: {exc}"))
+            except (psycopg.Error, PoolTimeout, OSError) as exc:
+                delay = retry.failed(time.monotonic())
+                with self.lock:
+                    shape.error = exc
+                logger.warning(
+                    "building shape on %r failed (%s); retrying in %.2f s",
+                    shape.table,
+                    exc,
+                    delay or 0.0,
+                )
+                self._closing.wait(delay or 0.0)
+
+    def _wait_active(self) -> bool:
+        try:
+            status = self.manager.wait_status(Status.ACTIVE, timeout=1.0)
+        except TimeoutError:
+            return False
+        if status is not Status.ACTIVE:
+            self._closing.wait(0.2)  # failed or stopped: the manager's to fix
+            return False
+        return True
+
+    def _build_once(self, shape: Shape) -> None:
+        manager = self.manager
+        with manager.admin_pool.connection() as conn:
+            plan, query = make_plan(conn, shape)
+            pub = manager.replication.publication if manager.replication else None
+            if pub is None:
+                raise ShapeError("shapes need a Manager with replication configured")
+            publication.ensure_published(
+                conn, pub, plan, set_replica_identity=shape.set_replica_identity
+            )
+        with self.lock:
+            if shape.status == "closed":
+                return
+            handle = shape._subscribe(plan)
+            self._route(shape, plan)
+        with manager.snapshot_pool.connection() as conn:
+            taken = snapshot.take(conn, query, plan.key_positions, len(plan.columns))
+        with self.lock:
+            try:
+                installed = shape._install(
+                    handle, taken.rows, taken.snapshot, taken.lsn
+                )
+            except Invalidated as exc:
+                self._invalidate(shape, str(exc))
+                return
+        if installed:
+            logger.info(
+                "shape %s on %r live: %d rows, snapshot %s",
+                handle,
+                shape.table,
+                len(taken.rows),
+                taken.snapshot,
+            )
+
+    # --- the stream -------------------------------------------------------------------
+
+    def _on_transaction(self, sender: Any, transaction: Transaction) -> None:
+        tx = transaction
+        with self.lock:
+            if tx.end_lsn <= self.last_lsn:
+                return
+            touched: dict[Shape, list[Change]] = {}
+            routes = self._routes
+            for sent in tx.changes:
+                route = routes.get((sent.schema, sent.table))
+                if route is None:
+                    continue
+                if sent.op == "truncate":
+                    for shape in route.shapes:
+                        touched.setdefault(shape, []).append(sent)
+                    continue
+                change = _materialized(sent)
+                row = change.old if change.op == "delete" else change.new
+                if row is not None and row.keys() != route.columns:
+                    self._columns_changed(route, change, frozenset(row.keys()))
+                for shape in route.candidates(change):
+                    touched.setdefault(shape, []).append(change)
+            listening = signals.shape_changed.has_receivers_for
+            for shape, changes in touched.items():
+                try:
+                    out = shape._offer(tx, changes, emit=listening(shape))
+                except Invalidated as exc:
+                    self._invalidate(shape, str(exc))
+                    continue
+                except WhereEvaluationError as exc:
+                    self._fail(shape, exc)
+                    continue
+                if out:
+                    shape._unsent = (tx.end_lsn, out)
+                    shape._sent_to = set()
+            for shape in touched:
+                self._notify(shape)
+            self.last_lsn = tx.end_lsn
+
+    def _notify(self, shape: Shape) -> None:
+        """Send the shape's pending changes to each receiver that has not
+        returned for them yet; a raising receiver propagates (redelivery)."""
+        unsent = shape._unsent
+        if unsent is None:
+            return
+        offset, changes = unsent
+        for receiver in signals.shape_changed.receivers_for(shape):
+            if id(receiver) in shape._sent_to:
+                continue
+            receiver(shape, changes=changes, offset=offset)
+            shape._sent_to.add(id(receiver))
+        shape._unsent = None
+        shape._sent_to = set()
+
+    def _columns_changed(
+        self, route: _Route, change: Change, columns: frozenset[str]
+    ) -> None:
+        what = f"{change.schema}.{change.table}"
+        added = sorted(columns - route.columns)
+        dropped = sorted(route.columns - columns)
+        reason = f"the columns of {what} changed (added {added}, dropped {dropped})"
+        route.columns = columns
+        for shape in list(route.shapes):
+            plan = shape._plan
+            if plan is None or plan.table_columns != columns:
+                self._invalidate(shape, reason)
+
+    def _fail(self, shape: Shape, error: ShapeError) -> None:
+        """*shape* cannot be what was asked for: close it with *error*."""
+        logger.error("shape on %r closed: %s", shape.table, error)
+        self._unroute(shape)
+        shape.error = error
+        shape._set_status("closed")
+
+    def _invalidate(self, shape: Shape, reason: str) -> None:
+        handle = shape._invalidate(reason)
+        if handle is None:
+            return
+        signals.send(signals.shape_invalidated, shape, reason=reason, handle=handle)
+        self._schedule(shape)
+
+    def invalidate_all(self, reason: str) -> None:
+        with self.lock:
+            for shape in list(self._shapes):
+                self._invalidate(shape, reason)
+
+    def _on_status_changed(self, sender: Any, old: Status, new: Status) -> None:
+        if new is Status.STOPPED:
+            self.close()
+
+    def _on_slot_created(self, sender: Any, slot_name: str, recreated: bool) -> None:
+        self.invalidate_all(f"replication slot {slot_name!r} was created")
+
+    def _on_slot_recreated(self, sender: Any, slot_name: str) -> None:
+        self.invalidate_all(f"replication slot {slot_name!r} was lost and recreated")
+
+    def _on_timeline_changed(
+        self, sender: Any, previous: tuple[int, int], current: tuple[int, int]
+    ) -> None:
+        self.invalidate_all(
+            f"the server's timeline changed from {previous} to {current}"
+        )

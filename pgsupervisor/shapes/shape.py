@@ -1,0 +1,440 @@
+"""A shape: the rows of one table that match a WHERE clause, kept equal to
+what ``SELECT`` returns by applying the replication stream to a snapshot.
+
+The handoff follows Electric's consumer (``shapes/consumer.ex``,
+``consumer/initial_snapshot.ex``): the shape is subscribed before its
+snapshot is taken and buffers transactions meanwhile; a transaction whose
+xid the snapshot already saw is skipped (it still counts as applied), the
+others are applied; from the first xid at or past the snapshot's xmax on,
+nothing is filtered any more.
+
+A `Shape`'s state is guarded by its cache's lock; the cache calls the
+underscore methods with the lock held.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from ..replication.pgoutput import UNCHANGED_TOAST, Change, Transaction
+from .xid import PgSnapshot, after_snapshot, visible
+
+if TYPE_CHECKING:
+    from .cache import ShapeCache
+
+__all__ = ["STATUSES", "Plan", "Shape", "ShapeChange"]
+
+logger = logging.getLogger("pgsupervisor")
+
+STATUSES: Final = ("pending", "snapshotting", "live", "invalidated", "closed")
+
+Key = tuple[Any, ...]
+
+
+class ShapeChange(NamedTuple):
+    """One change of a shape's rows: *op* is ``insert``, ``update`` or
+    ``delete``; *row* the projected row after it (None for a delete), *old*
+    the projected row the shape held before it (None for an insert)."""
+
+    op: str
+    key: Key
+    row: dict[str, Any] | None
+    old: dict[str, Any] | None
+
+
+class Invalidated(Exception):
+    """A change the shape cannot apply row by row: it must be rebuilt."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one build of a shape knows about its table and clause."""
+
+    schema: str
+    table: str
+    key: tuple[str, ...]
+    """Primary-key columns, in key order."""
+    columns: tuple[str, ...]
+    """Projected columns, in order; rows are held as tuples of these."""
+    table_columns: frozenset[str]
+    """Every column of the table when the plan was made."""
+    matches: Callable[[Mapping[str, Any]], bool]
+    equalities: tuple[tuple[str, Any], ...] = ()
+    reads: frozenset[str] = field(default_factory=frozenset)
+    """Columns the clause reads."""
+
+    key_of: Callable[[Mapping[str, Any]], Key] = field(
+        init=False, repr=False, compare=False
+    )
+    values_of: Callable[[Mapping[str, Any]], tuple[Any, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    needed: frozenset[str] = field(init=False, repr=False, compare=False)
+    """Columns an update must carry (unchanged TOAST values are filled)."""
+    selected: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """What the snapshot selects: the projected columns, then any key column
+    not among them; the key is read from the same value objects."""
+    key_positions: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_of", _getter(self.key))
+        object.__setattr__(self, "values_of", _getter(self.columns))
+        needed = self.reads | frozenset(self.columns) | frozenset(self.key)
+        object.__setattr__(self, "needed", needed)
+        selected = self.columns + tuple(c for c in self.key if c not in self.columns)
+        object.__setattr__(self, "selected", selected)
+        positions = tuple(selected.index(c) for c in self.key)
+        object.__setattr__(self, "key_positions", positions)
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A C-speed ``row -> tuple(row[n] for n in names)``."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda row: (row[name],)
+    if not names:
+        return lambda row: ()
+    return operator.itemgetter(*names)
+
+
+def _handle(seed: int) -> str:
+    """``<hash>-<microseconds>``, as Electric names shape handles."""
+    return f"{seed & 0xFFFFFFFF:08x}-{time.time_ns() // 1000}"
+
+
+class Shape:
+    """A live view of ``SELECT columns FROM table WHERE where``.
+
+    Returned by ``Manager.shape()``; it builds itself in the background.
+    ``rows`` is a copy, consistent with ``offset``: whenever
+    ``shape_changed`` fires, it equals the query's answer as of that
+    transaction's commit.
+    """
+
+    def __init__(
+        self,
+        cache: ShapeCache | None,
+        table: str,
+        *,
+        where: str | None = None,
+        params: Iterable[Any] | None = None,
+        columns: Iterable[str] | None = None,
+        set_replica_identity: bool = False,
+    ):
+        self._cache = cache
+        self.table = table
+        self.where = where
+        self.params = tuple(params or ())
+        self.columns = None if columns is None else tuple(columns)
+        self.set_replica_identity = set_replica_identity
+        self._lock: threading.RLock = cache.lock if cache else threading.RLock()
+        self._changed = threading.Condition(self._lock)  # status or handle moved
+
+        # Guarded by _lock.
+        self._status = "pending"
+        self._handle = _handle(hash((table, where, self.params, self.columns)))
+        self.error: BaseException | None = None
+        self._plan: Plan | None = None
+        self._rows: dict[Key, tuple[Any, ...]] = {}
+        self._snapshot: PgSnapshot | None = None
+        self._filtering = False
+        self._buffer: list[Transaction] | None = None  # while snapshotting
+        self._applied_lsn = 0  # end_lsn of the last transaction offered
+        self._offset = 0
+        self._unsent: tuple[int, list[ShapeChange]] | None = None
+        self._sent_to: set[int] = set()  # receivers done with _unsent
+
+    # --- public -------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """``pending``, ``snapshotting``, ``live``, ``invalidated`` or ``closed``."""
+        return self._status
+
+    @property
+    def handle(self) -> str:
+        """Names this build of the shape; a new one after each invalidation."""
+        return self._handle
+
+    @property
+    def offset(self) -> int:
+        """End LSN of the last transaction applied (the snapshot's WAL
+        position before any)."""
+        with self._lock:
+            if self._status == "live" and self._cache is not None:
+                return max(self._offset, self._cache.last_lsn)
+            return self._offset
+
+    @property
+    def rows(self) -> dict[Key, dict[str, Any]]:
+        """``{primary key tuple: {column: value}}``, a consistent copy."""
+        with self._lock:
+            return self._copy()
+
+    def view(self) -> tuple[dict[Key, dict[str, Any]], int]:
+        """``(rows, offset)`` read together: the rows as of that offset."""
+        with self._lock:
+            return self._copy(), self.offset
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        """One row by primary key (a tuple), or None."""
+        with self._lock:
+            values = self._rows.get(key)
+            if values is None or self._plan is None:
+                return None
+            return dict(zip(self._plan.columns, values, strict=True))
+
+    def wait_live(self, timeout: float | None = None) -> None:
+        """Return once the snapshot is loaded and the shape follows the
+        stream; raise `TimeoutError`, or the error that stopped the shape."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._status != "live":
+                if self._status == "closed":
+                    if self.error is not None:
+                        raise self.error
+                    raise RuntimeError(f"shape on {self.table!r} is closed")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    reason = f": {self.error}" if self.error else ""
+                    raise TimeoutError(
+                        f"shape on {self.table!r} not live after {timeout} s"
+                        f" (status {self._status}{reason})"
+                    )
+                self._changed.wait(remaining)
+
+    def close(self) -> None:
+        """Stop following the stream and drop the rows; idempotent."""
+        if self._cache is not None:
+            self._cache.remove(self)
+        with self._lock:
+            self._set_status("closed")
+            self._rows = {}
+            self._buffer = None
+
+    def __repr__(self) -> str:
+        where = f" where {self.where!r}" if self.where else ""
+        return (
+            f"<Shape {self.table!r}{where} {self._status} handle={self._handle}"
+            f" rows={len(self._rows)}>"
+        )
+
+    # --- state (cache lock held) --------------------------------------------------
+
+    def _copy(self) -> dict[Key, dict[str, Any]]:
+        if self._plan is None:
+            return {}
+        columns = self._plan.columns
+        return {k: dict(zip(columns, v, strict=True)) for k, v in self._rows.items()}
+
+    def _set_status(self, status: str) -> None:
+        self._status = status
+        self._changed.notify_all()
+
+    def _subscribe(self, plan: Plan) -> str:
+        """Start buffering: called before the snapshot is taken. Returns
+        the handle the snapshot belongs to."""
+        self._plan = plan
+        self._buffer = []
+        self.error = None
+        self._set_status("snapshotting")
+        return self._handle
+
+    def _install(
+        self,
+        handle: str,
+        rows: dict[Key, tuple[Any, ...]],
+        snapshot: PgSnapshot,
+        lsn: int,
+    ) -> bool:
+        """Load a snapshot taken for *handle* and apply the buffered
+        transactions; False if the shape was invalidated or closed meanwhile."""
+        if handle != self._handle or self._buffer is None:
+            return False
+        buffered, self._buffer = self._buffer, None
+        self._rows = rows
+        self._snapshot = snapshot
+        self._filtering = True
+        self._applied_lsn = 0
+        self._offset = lsn
+        self._unsent = None
+        try:
+            for tx in buffered:
+                self._offer(tx)
+        except Invalidated as exc:
+            self._invalidate(str(exc))
+            return False
+        self._set_status("live")
+        return True
+
+    def _invalidate(self, reason: str) -> str | None:
+        """Drop the rows and take a new handle; return it, or None if there
+        was nothing built to invalidate."""
+        if self._status in ("pending", "closed"):
+            return None
+        logger.info("shape %s on %r invalidated: %s", self._handle, self.table, reason)
+        self._handle = _handle(hash((self.table, self.where, self.params)))
+        self._rows = {}
+        self._snapshot = None
+        self._buffer = []  # buffered from now: the next snapshot comes later
+        self._unsent = None
+        self._set_status("invalidated")
+        return self._handle
+
+    def _offer(
+        self,
+        tx: Transaction,
+        changes: Iterable[Change] | None = None,
+        *,
+        emit: bool = True,
+    ) -> list[ShapeChange]:
+        """Apply *tx* (or only *changes*, those of it routed here) unless it
+        was applied already or the snapshot holds it; return the shape's
+        changes (none built unless *emit*: no one listens). Raises
+        `Invalidated`."""
+        if self._buffer is not None:
+            self._buffer.append(tx)
+            return []
+        end_lsn = tx.end_lsn
+        if end_lsn <= self._applied_lsn:
+            return []
+        self._applied_lsn = end_lsn
+        self._offset = max(self._offset, end_lsn)
+        if self._filtering:
+            assert self._snapshot is not None
+            if visible(tx.xid, self._snapshot):
+                return []
+            if after_snapshot(tx.xid, self._snapshot):
+                self._filtering = False
+        plan = self._plan
+        assert plan is not None
+        out: list[ShapeChange] = []
+        target = out if emit else None
+        if changes is None:
+            changes = [
+                c
+                for c in tx.changes
+                if c.table == plan.table and c.schema == plan.schema
+            ]
+        for change in changes:
+            self._apply(plan, change, target)
+        return out
+
+    def _apply(self, plan: Plan, change: Change, out: list[ShapeChange] | None) -> None:
+        op = change.op
+        rows = self._rows
+        if op == "insert":
+            new = change.new
+            assert new is not None
+            if plan.matches(new):
+                key = plan.key_of(new)
+                values = plan.values_of(new)
+                held = rows.get(key)
+                rows[key] = values
+                if out is None:
+                    return
+                if held is None:
+                    out.append(ShapeChange("insert", key, self._dict(values), None))
+                elif held != values:
+                    out.append(
+                        ShapeChange("update", key, self._dict(values), self._dict(held))
+                    )
+        elif op == "delete":
+            old = change.old
+            if old is None or any(c not in old for c in plan.key):
+                raise Invalidated(
+                    f"a delete on {plan.schema}.{plan.table} came without its key"
+                )
+            key = plan.key_of(old)
+            held = rows.pop(key, None)
+            if held is not None and out is not None:
+                out.append(ShapeChange("delete", key, None, self._dict(held)))
+        elif op == "update":
+            self._update(plan, change, out)
+        elif op == "truncate":
+            raise Invalidated(f"{plan.schema}.{plan.table} was truncated")
+
+    def _update(
+        self, plan: Plan, change: Change, out: list[ShapeChange] | None
+    ) -> None:
+        rows = self._rows
+        new: Mapping[str, Any] | None = change.new
+        old: Mapping[str, Any] | None = change.old
+        assert new is not None
+        if old is not None and all(c in old for c in plan.key):
+            old_key = plan.key_of(old)
+        else:
+            old_key = plan.key_of(new)
+        held = rows.get(old_key)
+        new = self._fill_toast(plan, new, old, held)
+        new_key = plan.key_of(new)
+        keep = plan.matches(new)
+        if held is None:
+            if keep:  # moved in
+                values = plan.values_of(new)
+                rows[new_key] = values
+                if out is not None:
+                    out.append(ShapeChange("insert", new_key, self._dict(values), None))
+            return
+        if not keep:  # moved out
+            del rows[old_key]
+            if out is not None:
+                out.append(ShapeChange("delete", old_key, None, self._dict(held)))
+            return
+        values = plan.values_of(new)
+        if new_key != old_key:
+            del rows[old_key]
+            rows[new_key] = values
+            if out is not None:
+                out.append(ShapeChange("delete", old_key, None, self._dict(held)))
+                out.append(ShapeChange("insert", new_key, self._dict(values), None))
+        elif values != held:
+            rows[new_key] = values
+            if out is not None:
+                out.append(
+                    ShapeChange("update", new_key, self._dict(values), self._dict(held))
+                )
+
+    def _fill_toast(
+        self,
+        plan: Plan,
+        new: Mapping[str, Any],
+        old: Mapping[str, Any] | None,
+        held: tuple[Any, ...] | None,
+    ) -> Mapping[str, Any]:
+        """Replace unchanged TOASTed values the shape needs with the old
+        row's (REPLICA IDENTITY FULL sends it whole), else the held row's."""
+        if type(new) is dict and UNCHANGED_TOAST not in new.values():
+            return new  # the common case, checked in C
+        missing = [c for c in plan.needed if new.get(c) is UNCHANGED_TOAST]
+        if not missing:
+            return new
+        filled = dict(new)
+        for column in missing:
+            if (
+                old is not None
+                and old.get(column, UNCHANGED_TOAST) is not UNCHANGED_TOAST
+            ):
+                filled[column] = old[column]
+            elif held is not None and column in plan.columns:
+                filled[column] = held[plan.columns.index(column)]
+            else:
+                raise Invalidated(
+                    f"an update of {plan.schema}.{plan.table} left {column!r}"
+                    " unchanged (TOAST) and no old value was sent"
+                )
+        return filled
+
+    def _dict(self, values: tuple[Any, ...]) -> dict[str, Any]:
+        assert self._plan is not None
+        return dict(zip(self._plan.columns, values, strict=True))
