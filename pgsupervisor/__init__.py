@@ -15,6 +15,7 @@ from .errors import (
 )
 from .manager import Manager
 from .options import PoolOptions, ReplicationOptions
+from .shapes import Shape, ShapeChange, ShapeError
 from .status import Status
 
 __version__ = "0.1.0"
@@ -33,6 +34,9 @@ __all__ = [
     "PoolOptions",
     "QueueTimeout",
     "ReplicationOptions",
+    "Shape",
+    "ShapeChange",
+    "ShapeError",
     "Status",
     "__version__",
     "signals",
