@@ -243,7 +243,7 @@ class Cluster:
             pwfile = self.base / "pwfile"
             pwfile.write_text(SUPERUSER_PASSWORD + "\n")
             self._chown(pwfile)
-            result = subprocess.run(
+            initdb = subprocess.Popen(
                 [
                     str(self.bindir / "initdb"),
                     "-D",
@@ -257,14 +257,24 @@ class Cluster:
                     "UTF8",
                     "--locale=C",
                 ],
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                check=False,
+                start_new_session=True,  # Ctrl-C is ours to handle, not initdb's
                 **self._as_server_user(),
             )
+            try:
+                stdout, stderr = initdb.communicate()
+            except BaseException:
+                # Interrupted: end initdb and the bootstrap backend it runs, and
+                # wait for them, so that nothing writes files cleanup() removes.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(initdb.pid, signal.SIGKILL)
+                initdb.wait()
+                raise
             pwfile.unlink()
-            if result.returncode != 0:
-                raise ClusterError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+            if initdb.returncode != 0:
+                raise ClusterError(f"initdb failed:\n{stdout}\n{stderr}")
         self.write_config()
         self._initialised = True
 
