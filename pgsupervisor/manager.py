@@ -255,8 +255,10 @@ class Manager:
         self.admin_pool = self._make_pool("admin")
         self.snapshot_pool = self._make_pool("snapshot")
 
-    def _make_pool(self, role: str) -> SupervisedPool:
-        return SupervisedPool(
+    def _make_pool(
+        self, role: str, cls: type[SupervisedPool] = SupervisedPool
+    ) -> SupervisedPool:
+        return cls(
             self._dsn,
             role=role,
             size=self.pool_sizes[role],

@@ -130,19 +130,10 @@ class _PeerManager(Manager):
         self._pool_cls = pool_cls
         super().__init__(*args, **kwargs)
 
-    def _make_pool(self, role: str) -> SupervisedPool:
-        cls = self._pool_cls if role == "snapshot" else SupervisedPool
-        return cls(
-            self._dsn,
-            role=role,
-            size=self.pool_sizes[role],
-            name=f"{self.stack_id}-{role}",
-            options=self.pool_options.for_role(role),
-            on_event=self._events.put,
-            sender=self,
-            redact=lambda exc: self._classify(exc, role),
-            stop_owner=self.stop,
-        )
+    def _make_pool(
+        self, role: str, cls: type[SupervisedPool] = SupervisedPool
+    ) -> SupervisedPool:
+        return super()._make_pool(role, self._pool_cls if role == "snapshot" else cls)
 
 
 class ManagedConnectionPool(SupervisedPool, Generic[CT]):
