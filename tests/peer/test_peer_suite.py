@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.server_control
 @pytest.mark.skipif(default_tarball() is None, reason="psycopg's tests not found")
 @pytest.mark.skipif(
