@@ -475,7 +475,9 @@ def test_verbose_watch_shows_the_library_log(
         conn.execute("create table items (id int primary key)")
     args = (dsn, "--slot", slot, "--tables", "items", "--state-dir", str(tmp_path))
     with watching(*args, "-v") as w:
+        # Stopped before it streams, watch exits 1: wait for both lines.
         w.wait_stderr(f"created replication slot '{slot}'")
+        w.wait_stderr("streaming:")
         code = w.stop()
     assert code == 0 and "INFO" in w.stderr
     with watching(*args, "--log-level", "warning") as w:
