@@ -92,13 +92,15 @@ def test_a_receiver_raising_on_one_percent_never_costs_a_reconnect(
         lambda sender, **kw: errors.append(kw), sender=manager, weak=False
     )
     unready: list[Any] = []
+    samples: list[bool] = []
     sampling = threading.Event()
 
     def sample_readiness() -> None:
         while not sampling.wait(0.005):
-            live, ready, payload = health(manager)
-            if not (live and ready):
-                unready.append(payload)
+            state = health(manager)
+            samples.append(state.ready)
+            if not (state.live and state.ready):
+                unready.append(state.payload)
 
     sampler = threading.Thread(target=sample_readiness)
     manager.start()
@@ -133,6 +135,7 @@ def test_a_receiver_raising_on_one_percent_never_costs_a_reconnect(
     assert not [e for e in rec.of("connection_error") if e["role"] == "replication"]
     statuses = [e["new"] for e in rec.of("status_changed")]
     assert statuses == [Status.STARTING, Status.ACTIVE, Status.STOPPED]
+    assert len(samples) > 100  # the sampler ran all along
     assert unready == []
 
 
@@ -166,7 +169,7 @@ def test_a_refused_transaction_holds_back_acknowledgement_and_later_ones(
         time.sleep(0.5 + 0.5)  # two status intervals: the flush position stays
         assert confirmed_flush(pg_server, slot) == acked
         assert manager.status is Status.ACTIVE
-        assert health(manager)[1]
+        assert health(manager).ready
         release.set()
         assert eventually(lambda: stubborn.count() == 5, timeout=10)
         assert eventually(lambda: confirmed_flush(pg_server, slot) > acked)

@@ -27,8 +27,15 @@ import django
 from django.conf import settings
 settings.configure()  # the Django modules are imported as in a configured project
 django.setup()
+from django.core.exceptions import ImproperlyConfigured
 for name in sys.argv[1:]:
-    importlib.import_module(name)
+    try:
+        importlib.import_module(name)
+    except ImproperlyConfigured as exc:
+        # Django's PostGIS backend needs the GDAL/GEOS system libraries.
+        if ".postgis" not in name or "GDAL" not in str(exc):
+            raise
+        print("skipped", name, "(no GDAL)")
 print(len(sys.argv) - 1, "modules imported")
 """
 
@@ -101,7 +108,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
             "pip",
             "install",
             "--disable-pip-version-check",
-            f"{wheel}[flask,django,prometheus]",
+            f"{wheel}[flask,django,prometheus,sqlalchemy]",
             "pytest",
         ],
         outside,
