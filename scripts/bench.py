@@ -435,14 +435,63 @@ def _cell(rates: list[float]) -> str:
     return f"{statistics.median(rates):>9,.0f} [{min(rates):,.0f}-{max(rates):,.0f}]"
 
 
-def _row(label: str, ours: list[float], ref: list[float], goal: float) -> None:
+def _row(
+    label: str,
+    ours: list[float],
+    ref: list[float],
+    goal: float,
+    net: tuple[int, float, float] | None = None,
+) -> None:
+    """One workload; with *net* = (count, our idle s, reference idle s) also
+    the ratio once each side's cost on an empty slot is taken out."""
     ratio = statistics.median(ours) / statistics.median(ref)
     spread = f"{min(ours) / max(ref):.2f}-{max(ours) / min(ref):.2f}"
+    tail = ""
+    if net is not None:
+        n, ours_idle, ref_idle = net
+        ours_net = n / (n / statistics.median(ours) - ours_idle)
+        ref_net = n / (n / statistics.median(ref) - ref_idle)
+        tail = f"   net of start-up: {ours_net:,.0f} vs {ref_net:,.0f}/s, ratio"
+        tail += f" {ours_net / ref_net:.2f}"
     print(
         f"{label:<44} {_cell(ref):>27} {_cell(ours):>27} {ratio:>6.2f}"
-        f" {spread:>10} {goal:>5.1f}",
+        f" {spread:>10} {goal:>5.1f}{tail}",
         flush=True,
     )
+
+
+def _idle_costs(cluster: Cluster, dsn: str, tmp: str) -> tuple[float, float]:
+    """Seconds each side spends on an empty slot, part of every drain timed
+    above: pgsupervisor from start() to streaming, pg_recvlogical from exec
+    to its exit at --endpos (median of 3)."""
+    names = [f"s_idle_{i}" for i in range(6)]
+    _create_slots(cluster, names)
+    try:
+        endpos = cluster.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+        recv = [_drain_recvlogical(cluster, dsn, name, endpos) for name in names[:3]]
+        ours = []
+        for name in names[3:]:
+            manager = Manager(
+                dsn,
+                stack_id=name,
+                pool={"size": 2},
+                replication={
+                    "slot_name": name,
+                    "publication_name": PUBLICATION,
+                    "create_publication": False,
+                },
+                timeline={"directory": tmp},
+            )
+            started = time.perf_counter()
+            manager.start()
+            try:
+                manager.wait_active(timeout=60)
+                ours.append(time.perf_counter() - started)
+            finally:
+                manager.stop()
+    finally:
+        _drop_slots(cluster, names)
+    return statistics.median(ours), statistics.median(recv)
 
 
 def _alternate(
@@ -473,6 +522,11 @@ def bench_throughput(
         f"{'workload':<44} {'reference':>27} {'pgsupervisor':>27} {'ratio':>6}"
         f" {'range':>10} {'goal':>5}"
     )
+    ours_idle, ref_idle = _idle_costs(cluster, dsn, tmp)
+    print(
+        f"on an empty slot: pgsupervisor start() to streaming {ours_idle:.3f} s,"
+        f" pg_recvlogical exec to exit {ref_idle:.3f} s (both inside the figures)"
+    )
     keys = [f"s_key_{i}" for i in range(runs)]
     alls = [f"s_all_{i}" for i in range(runs)]
     recvs = [f"s_recv_{i}" for i in range(runs)]
@@ -490,6 +544,7 @@ def bench_throughput(
         ours,
         ref,
         0.9,
+        (rows, ours_idle, ref_idle),
     )
     ours, ref = _alternate(
         runs,
@@ -501,6 +556,7 @@ def bench_throughput(
         ours,
         ref,
         0.9,
+        (rows, ours_idle, 0.0),  # fetchall() is timed on an open connection
     )
     _drop_slots(cluster, keys + alls + recvs)
 
@@ -517,7 +573,11 @@ def bench_throughput(
         lambda i: n / _drain_recvlogical(cluster, dsn, recvs[i], endpos),
     )
     _row(
-        f"{n // 1000}k one-row transactions, read key (pg_recvlogical)", ours, ref, 0.6
+        f"{n // 1000}k one-row transactions, read key (pg_recvlogical)",
+        ours,
+        ref,
+        0.6,
+        (n, ours_idle, ref_idle),
     )
     _drop_slots(cluster, keys + recvs)
 
