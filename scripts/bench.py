@@ -348,12 +348,9 @@ def read_all(transaction: Any) -> int:
     return len(transaction.changes)
 
 
-def _drain_pgsupervisor(
-    dsn: str, slot_name: str, expected: int, tmp: str, read: Callable[[Any], int]
-) -> float:
-    """Seconds from start() until a receiver calling *read* on each
-    transaction has seen *expected* changes."""
-    manager = Manager(
+def _bench_manager(dsn: str, slot_name: str, tmp: str) -> Manager:
+    """A Manager streaming *slot_name* of the bench publication."""
+    return Manager(
         dsn,
         stack_id=slot_name,
         pool={"size": 2},
@@ -364,6 +361,14 @@ def _drain_pgsupervisor(
         },
         timeline={"directory": tmp},
     )
+
+
+def _drain_pgsupervisor(
+    dsn: str, slot_name: str, expected: int, tmp: str, read: Callable[[Any], int]
+) -> float:
+    """Seconds from start() until a receiver calling *read* on each
+    transaction has seen *expected* changes."""
+    manager = _bench_manager(dsn, slot_name, tmp)
     count = [0]
     done = threading.Event()
 
@@ -471,17 +476,7 @@ def _idle_costs(cluster: Cluster, dsn: str, tmp: str) -> tuple[float, float]:
         recv = [_drain_recvlogical(cluster, dsn, name, endpos) for name in names[:3]]
         ours = []
         for name in names[3:]:
-            manager = Manager(
-                dsn,
-                stack_id=name,
-                pool={"size": 2},
-                replication={
-                    "slot_name": name,
-                    "publication_name": PUBLICATION,
-                    "create_publication": False,
-                },
-                timeline={"directory": tmp},
-            )
+            manager = _bench_manager(dsn, name, tmp)
             started = time.perf_counter()
             manager.start()
             try:
