@@ -1,4 +1,4 @@
-"""Recording signal receivers for integration tests."""
+"""Recording signal receivers and shared set-up for integration tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pgsupervisor import Manager, signals
+import psycopg
+
+from pgsupervisor import Backoff, Manager, signals
+
+FAST = Backoff("exp", min=0.05, max=0.3)
+
+
+def make_manager(
+    dsn: str, slot: str, tmp_path: Any, *, pool_size: int = 3, **replication: Any
+) -> Manager:
+    """A Manager streaming *slot*, with fast backoff and status updates."""
+    return Manager(
+        dsn,
+        stack_id=slot,
+        pool={"size": pool_size},
+        backoff=FAST,
+        replication={"slot_name": slot, "status_interval": 0.5, **replication},
+        timeline={"directory": str(tmp_path)},
+    )
+
+
+def execute(dsn: str, *statements: str | tuple[str, Any]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            if isinstance(statement, tuple):
+                conn.execute(*statement)
+            else:
+                conn.execute(statement)
 
 
 class Recorder:

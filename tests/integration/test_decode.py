@@ -15,23 +15,10 @@ from psycopg import sql
 from psycopg.adapt import AdaptersMap
 from psycopg.types.datetime import DateLoader
 
-from pgsupervisor import Backoff, Manager, signals
+from pgsupervisor import Manager, signals
 from pgsupervisor.replication import RawValue
 
-from .helpers import Collector, eventually, running
-
-FAST = Backoff("exp", min=0.05, max=0.3)
-
-
-def make_manager(dsn: str, slot: str, tmp_path: Any, **replication: Any) -> Manager:
-    return Manager(
-        dsn,
-        stack_id=slot,
-        pool={"size": 3},
-        backoff=FAST,
-        replication={"slot_name": slot, "status_interval": 0.5, **replication},
-        timeline={"directory": str(tmp_path)},
-    )
+from .helpers import Collector, eventually, make_manager, running
 
 
 def returning(dsn: str, *statements: str) -> list[dict[str, Any]]:

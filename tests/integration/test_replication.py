@@ -12,34 +12,19 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgsupervisor import Backoff, Manager, Status, signals
+from pgsupervisor import Manager, Status, signals
 from pgsupervisor.replication import UNCHANGED_TOAST, parse_lsn
 from pgsupervisor.replication.slot import WalLevelNotLogical
 
-from .helpers import Collector, Recorder, eventually, running
-
-FAST = Backoff("exp", min=0.05, max=0.3)
-
-
-def make_manager(dsn: str, slot: str, tmp_path: Any, **replication: Any) -> Manager:
-    return Manager(
-        dsn,
-        stack_id=slot,
-        pool={"size": 3},
-        backoff=FAST,
-        replication={"slot_name": slot, "status_interval": 0.5, **replication},
-        timeline={"directory": str(tmp_path)},
-    )
-
-
-def execute(dsn: str, *statements: str | tuple[str, Any]) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            if isinstance(statement, tuple):
-                conn.execute(*statement)
-            else:
-                conn.execute(statement)
-
+from .helpers import (
+    FAST,
+    Collector,
+    Recorder,
+    eventually,
+    execute,
+    make_manager,
+    running,
+)
 
 TABLE = "create table items (id int primary key, name text)"
 

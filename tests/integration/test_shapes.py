@@ -18,35 +18,19 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgsupervisor import Backoff, Manager, signals
+from pgsupervisor import Manager, signals
 from pgsupervisor.shapes.errors import ShapeError
 from pgsupervisor.shapes.shape import Shape, ShapeChange
 
-from .helpers import eventually
+from . import helpers
+from .helpers import eventually, execute
 
-FAST = Backoff("exp", min=0.05, max=0.3)
 TABLE = """create table items (
     id int primary key, tenant int not null, status text, n int, body text)"""
 
 
 def make_manager(dsn: str, slot: str, tmp_path: Any, **replication: Any) -> Manager:
-    return Manager(
-        dsn,
-        stack_id=slot,
-        pool={"size": 4},
-        backoff=FAST,
-        replication={"slot_name": slot, "status_interval": 0.5, **replication},
-        timeline={"directory": str(tmp_path)},
-    )
-
-
-def execute(dsn: str, *statements: str | tuple[str, Any]) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            if isinstance(statement, tuple):
-                conn.execute(*statement)
-            else:
-                conn.execute(statement)
+    return helpers.make_manager(dsn, slot, tmp_path, pool_size=4, **replication)
 
 
 def setup_items(dsn: str, rows: int = 50) -> None:
