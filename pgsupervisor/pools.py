@@ -355,7 +355,7 @@ class SupervisedPool(ConnectionPool[Conn]):
         stops the Manager (status STOPPED, readiness 503), which closes
         both pools; a Manager never stays ACTIVE with a closed pool."""
         if self._stop_owner is not None and not self._closing:
-            logger.warning(
+            logger.info(
                 "pool %r closed by the application (close() or the end of"
                 " 'with pool:'): stopping its Manager",
                 self.name,
