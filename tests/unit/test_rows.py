@@ -1,0 +1,70 @@
+"""A shape's row store: a dict to its users, and rows the cyclic garbage
+collector stops walking once it has untracked them."""
+
+from __future__ import annotations
+
+import gc
+import uuid
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pgsupervisor.shapes.rows import RowStore
+
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["set", "pop", "del"]), st.integers(0, 200)),
+    max_size=600,
+)
+
+
+@given(_OPS)
+def test_behaves_as_a_dict(ops: list[tuple[str, int]]) -> None:
+    store = RowStore({(k,): (k, "snapshot") for k in range(0, 200, 7)})
+    model: dict[tuple[Any, ...], tuple[Any, ...]] = {
+        (k,): (k, "snapshot") for k in range(0, 200, 7)
+    }
+    for n, (op, k) in enumerate(ops):
+        key = (k,)
+        if op == "set":
+            store[key] = model[key] = (k, f"v{n}")
+        elif op == "pop":
+            assert store.pop(key) == model.pop(key, None)
+        elif key in model:
+            del store[key]
+            del model[key]
+        assert store.get(key) == model.get(key)
+        assert (key in store) is (key in model)
+        assert len(store) == len(model)
+    assert dict(store.items()) == model
+
+
+def _row(k: int) -> tuple[Any, ...]:
+    return (k, f"payload {k}", k * 1.5)  # built at run time: tracked at first
+
+
+def test_the_big_dict_stays_out_of_the_collectors_walks() -> None:
+    store = RowStore({(k,): _row(k) for k in range(10_000)})
+    gc.collect()
+    assert not gc.is_tracked(store._old)
+    for k in range(10_000, 12_000):
+        store[(k,)] = _row(k)
+        if k % 500 == 0:
+            gc.collect(0)  # what allocations trigger anyway
+    gc.collect()
+    assert not gc.is_tracked(store._old)
+    assert len(store._young) < 1_000
+    assert len(store) == 12_000
+    assert len(store._old) > 11_000
+    assert store.get((11_999,)) == _row(11_999)
+
+
+def test_rows_the_collector_keeps_tracking_stay_correct() -> None:
+    store = RowStore()
+    for k in range(500):
+        store[(k,)] = (k, uuid.UUID(int=k), {"json": [k]})
+        if k % 100 == 0:
+            gc.collect(0)
+    assert len(store) == 500
+    assert store.get((499,)) == (499, uuid.UUID(int=499), {"json": [499]})
+    assert store.pop((0,)) is not None and len(store) == 499
