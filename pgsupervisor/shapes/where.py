@@ -24,7 +24,7 @@ Two decisions where the server raises an error:
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pglast
@@ -53,6 +53,7 @@ class Where:
         equalities: dict[str, Any],
         param_nodes: dict[int, Any],
         table: TableInfo,
+        exact_equality: tuple[str, Any] | None = None,
     ):
         self.columns = columns
         """The columns the clause reads."""
@@ -61,6 +62,7 @@ class Where:
         values: a row whose value for that column differs cannot match."""
         self.table = table
         self._fn = fn
+        self._exact_equality = exact_equality
         # Printing is the slow part of compiling: done once, when first asked.
         self._stmt = stmt
         self._param_nodes = param_nodes
@@ -99,6 +101,32 @@ class Where:
                 f"{exc} evaluating WHERE {self.text} on {self.table.qualified_name}: "
                 "PostgreSQL would fail the shape's SELECT on this row too"
             ) from None
+
+    @property
+    def unfiltered(self) -> bool:
+        """No clause: every row matches."""
+        return self._fn is None
+
+    @property
+    def exact_equality(self) -> tuple[str, Any] | None:
+        """``(column, value)`` when the whole clause is that one equality
+        and Python's ``==`` on loaded values decides it as the server does."""
+        return self._exact_equality
+
+    def matcher(self) -> Callable[[Row], bool]:
+        """`matches`, or an equivalent that costs one comparison when the
+        clause is a single ``column = constant`` whose Python equality is
+        the server's (the same guarantee the routing index relies on)."""
+        if self._fn is None:
+            return _always
+        if self._exact_equality is None:
+            return self.matches
+        column, value = self._exact_equality
+
+        def equal(row: Row) -> bool:
+            return bool(row[column] == value)
+
+        return equal
 
     def to_sql(self) -> sql.Composable:
         """The clause for the snapshot query, parameters inlined as literals
@@ -147,6 +175,10 @@ def compile_where(
     fn = expr.fn
     if expr.const:
         fn = _const(expr.value())
+    exact = None
+    if isinstance(stmt.whereClause, ast.A_Expr) and len(compiler.equalities) == 1:
+        # Only a top-level "=" records an equality: this one is the clause.
+        (exact,) = compiler.equalities.items()
     return Where(
         stmt,
         fn=fn,
@@ -154,6 +186,7 @@ def compile_where(
         equalities=compiler.equalities,
         param_nodes=compiler.param_nodes(),
         table=table,
+        exact_equality=exact,
     )
 
 
@@ -192,6 +225,10 @@ class _InlineParams(Visitor):
 
     def visit_ParamRef(self, ancestors: Any, node: Any) -> Any:
         return self.nodes[node.number]
+
+
+def _always(row: Row) -> bool:
+    return True
 
 
 def _const(v: Any) -> Eval:

@@ -786,3 +786,78 @@ def test_only_ascii_digits_and_blanks_are_numbers() -> None:
     assert "invalid input syntax for type integer" in refused("i4 = '٣'")
     assert "invalid input syntax for type numeric" in refused("n = '\u00a01'")
     assert match("i4 = ' 3\t'", {"i4": 3})
+
+
+# --- the one-comparison matcher -----------------------------------------------
+
+_SAMPLES: dict[str, list[Any]] = {
+    "i4": [None, 0, 1, 2, -1],
+    "i8": [None, 0, 5, 2**40],
+    "n": [None, Decimal("1.0"), Decimal("1.00"), Decimal("2"), Decimal("NaN")],
+    "t": [None, "a", "A", "a ", ""],
+    "vc": [None, "x", "y"],
+    "d": [None, dt.date(2024, 1, 1), dt.date(2024, 1, 2)],
+    "tz": [
+        None,
+        dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+        dt.datetime(2024, 1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+        dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc),
+    ],
+    "u": [None, uuid.UUID(int=1), uuid.UUID(int=2)],
+    "b": [None, True, False],
+    "m": [None, "sad", "ok"],
+}
+
+
+@pytest.mark.parametrize(
+    ("where", "params"),
+    [
+        ("i4 = $1", [1]),
+        ("$1 = i8", [5]),
+        ("i4 = 2.0", []),
+        ("n = $1", [Decimal("1")]),
+        ("t = $1", ["a"]),
+        ("vc = 'x'", []),
+        ("d = $1", [dt.date(2024, 1, 1)]),
+        ("tz = $1", [dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)]),
+        ("u = $1", [uuid.UUID(int=2)]),
+        ("b = true", []),
+        ("m = 'ok'", []),
+    ],
+)
+def test_a_lone_equality_is_matched_by_one_comparison(
+    where: str, params: list[Any]
+) -> None:
+    compiled = compile_where(where, params, TABLE)
+    assert compiled.exact_equality is not None
+    fast = compiled.matcher()
+    assert fast != compiled.matches
+    (column,) = compiled.columns
+    for value in _SAMPLES[column]:
+        row = {column: value}
+        assert fast(row) is compiled.matches(row), (where, value)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "i4 = 1 and b",  # more than the equality
+        "i4 = 1 or i4 = 2",
+        "i4 + 0 = 1",  # not a bare column
+        "f8 = 1.5",  # Python's == is not the server's for NaN
+        "c = 'x'",  # char(n) pads
+        "i4 = i8",  # no constant
+        "i4 <> 1",
+        "i4 is not distinct from 1",
+    ],
+)
+def test_anything_else_keeps_the_general_evaluation(where: str) -> None:
+    compiled = compile_where(where, [], TABLE)
+    assert compiled.exact_equality is None
+    assert compiled.matcher() == compiled.matches
+
+
+def test_no_clause_matches_every_row_without_evaluating() -> None:
+    compiled = compile_where(None, None, TABLE)
+    assert compiled.unfiltered
+    assert compiled.matcher()({}) is True
