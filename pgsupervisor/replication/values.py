@@ -118,6 +118,7 @@ class Columns:
         "schema",
         "table",
         "transformer",
+        "tuple_loader",
     )
 
     def __init__(
@@ -146,6 +147,7 @@ class Columns:
         self.transformer = tx
         self.encoding = tx.encoding  # the walsender converts text to it
         self.row_loader: RowLoader | None = None  # made when first needed
+        self.tuple_loader: TupleLoader | None = None
         self._warned = set() if warned is None else warned
         self.key_positions: tuple[int, ...] = ()
         self.key: Columns | None = None
@@ -238,10 +240,14 @@ def split_tuple(buf: bytes, pos: int) -> tuple[list[Any], int, bool]:
 RowLoader = Callable[[bytes, int], dict[str, Any] | None]
 
 
-@functools.lru_cache(maxsize=64)
-def _row_loader_code(ncols: int) -> types.CodeType:
+TupleLoader = Callable[[bytes, int], tuple[Any, ...] | None]
+
+
+@functools.lru_cache(maxsize=128)
+def _row_loader_code(ncols: int, as_tuple: bool = False) -> types.CodeType:
     """The code of a row loader for *ncols* columns; compiled once per width,
-    shared by every relation of that width."""
+    shared by every relation of that width. *as_tuple*: it returns the
+    loaded values in column order instead of a dict."""
     lines = ["def load_row(buf, pos):", "    pos += 2"]
     for i in range(ncols):
         lines += [
@@ -254,7 +260,11 @@ def _row_loader_code(ncols: int) -> types.CodeType:
         "    if pos != len(buf):",
         "        return None",
         "    v = load([" + ", ".join(f"buf[s{i}:e{i}]" for i in range(ncols)) + "])",
-        "    return {" + ", ".join(f"names[{i}]: v[{i}]" for i in range(ncols)) + "}",
+        "    return v"
+        if as_tuple
+        else "    return {"
+        + ", ".join(f"names[{i}]: v[{i}]" for i in range(ncols))
+        + "}",
     ]
     namespace: dict[str, Any] = {}
     exec("\n".join(lines), namespace)
@@ -278,6 +288,16 @@ def _row_loader(
     """
     namespace = {"u32": _U32, "len": len, "load": load, "names": names}
     loader: RowLoader = types.FunctionType(_row_loader_code(len(names)), namespace)
+    return loader
+
+
+def _tuple_loader(
+    ncols: int, load: Callable[[list[Any]], tuple[Any, ...]]
+) -> TupleLoader:
+    """`_row_loader`, returning the values as the loader gives them: a tuple
+    in column order, for consumers that hold rows positionally."""
+    namespace = {"u32": _U32, "len": len, "load": load}
+    loader: TupleLoader = types.FunctionType(_row_loader_code(ncols, True), namespace)
     return loader
 
 
@@ -441,6 +461,24 @@ class Row(Mapping[str, Any]):
         self._dict = d
         self._raw = self._cache = None
         return d
+
+    def _loaded(self) -> tuple[Any, ...] | None:
+        """Every value in column order, when each column was sent as text and
+        the row was not decoded yet (else None: use the mapping). Nothing is
+        kept: the Row decodes again if it is read."""
+        buf = self._buf
+        if buf is None or self._cache:
+            return None
+        cols = self._cols
+        load = cols.tuple_loader
+        if load is None:
+            load = cols.tuple_loader = _tuple_loader(
+                len(cols.names), cols.transformer.load_sequence
+            )
+        try:
+            return load(buf, self._pos)
+        except Exception:  # the mapping's general path raises or falls back
+            return None
 
     @staticmethod
     def _load_toasted(cols: Columns, raw: list[Any]) -> dict[str, Any] | None:
