@@ -28,18 +28,19 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
 from .. import signals
 from ..replication.pgoutput import Change, Transaction
+from ..replication.values import Columns, Row
 from ..status import Status
 from . import publication, snapshot
 from .errors import ShapeError, WhereEvaluationError
 from .plan import make_plan
-from .shape import Invalidated, Plan, Shape
+from .shape import Entry, Invalidated, Plan, Shape, decoded
 
 if TYPE_CHECKING:
     from ..manager import Manager
@@ -55,13 +56,35 @@ _BUILDERS: Final = 2
 class _Route:
     """The shapes on one table, indexed by one equality each."""
 
-    __slots__ = ("columns", "index", "plain", "shapes")
+    __slots__ = (
+        "columns",
+        "index",
+        "plain",
+        "positional",
+        "positions",
+        "relation",
+        "shapes",
+        "single",
+    )
 
     def __init__(self, columns: frozenset[str]) -> None:
         self.columns = columns
+        self.relation: Columns | None = None  # the stream's, last checked
+        self.positions: dict[str, int] = {}  # of its columns
+        self.positional = False
+        """Every shape here reads the relation's value tuples (a `Layout`)."""
         self.shapes: set[Shape] = set()
         self.plain: set[Shape] = set()
         self.index: dict[str, dict[Any, set[Shape]]] = {}
+        self.single: tuple[str, dict[Any, set[Shape]]] | None = None
+        """The one index when every shape is in it (the tenant case)."""
+
+    def _indexed(self) -> None:
+        if len(self.index) == 1 and not self.plain:
+            (self.single,) = self.index.items()
+        else:
+            self.single = None
+            self.positional = False
 
     def add(self, shape: Shape, plan: Plan) -> tuple[str, Any] | None:
         self.shapes.add(shape)
@@ -70,8 +93,10 @@ class _Route:
                 self.index.setdefault(column, {}).setdefault(value, set()).add(shape)
             except TypeError:  # unhashable (json, arrays): try the next one
                 continue
+            self._indexed()
             return (column, value)
         self.plain.add(shape)
+        self._indexed()
         return None
 
     def discard(self, shape: Shape, slot: tuple[str, Any] | None) -> None:
@@ -87,21 +112,37 @@ class _Route:
                     del by_value[value]
             if not by_value:
                 self.index.pop(column, None)
+        self._indexed()
 
-    def candidates(self, change: Change) -> Iterable[Shape]:
+    def targets(self, new: Any, old: Any) -> Iterable[Shape]:
+        """The shapes a change with these rows (dicts, or value tuples when
+        `positional`) can touch."""
+        single = self.single
+        if single is None:
+            return self._candidates(new, old)
+        column, by_value = single
+        try:
+            if type(new if old is None else old) is tuple:
+                at = self.positions[column]
+                first = None if new is None else by_value.get(new[at])
+                second = None if old is None else by_value.get(old[at])
+            else:
+                first = None if new is None else by_value.get(new.get(column))
+                second = None if old is None else by_value.get(old.get(column))
+        except TypeError:  # an unhashable value: every shape on the column
+            return set().union(*by_value.values())
+        if second is None or second is first:
+            return first or ()
+        if first is None:
+            return second
+        return first | second
+
+    def _candidates(
+        self, new: Mapping[str, Any] | None, old: Mapping[str, Any] | None
+    ) -> Iterable[Shape]:
         if not self.index:
             return self.plain
-        if len(self.index) == 1 and not self.plain:  # the tenant case
-            ((column, by_value),) = self.index.items()
-            members = _lookup(by_value, change.new, column)
-            if change.old is None:
-                return members or ()
-            more = _lookup(by_value, change.old, column)
-            if not more or more is members:
-                return members or ()
-            return more if not members else members | more
         found: set[Shape] | None = None
-        new, old = change.new, change.old
         for column, by_value in self.index.items():
             members = _lookup(by_value, new, column)
             if old is not None:
@@ -113,22 +154,6 @@ class _Route:
         if self.plain:
             return self.plain if found is None else found | self.plain
         return found or ()
-
-
-def _materialized(change: Change) -> Change:
-    """*change* with plain dicts: a row read lazily (the stream decodes a
-    column when it is read) is decoded once, in one call, rather than column
-    by column for the index, the clause, the key and the projection."""
-    new, old = change.new, change.old
-    if (new is None or type(new) is dict) and (old is None or type(old) is dict):
-        return change
-    return Change(
-        change.op,
-        change.schema,
-        change.table,
-        new if new is None or type(new) is dict else dict(new.items()),
-        old if old is None or type(old) is dict else dict(old.items()),
-    )
 
 
 def _lookup(
@@ -227,6 +252,8 @@ class ShapeCache:
         if route is None:
             route = self._routes[name] = _Route(plan.table_columns)
         route.columns = plan.table_columns
+        route.relation = None  # check the new plan against the next change
+        route.positional = False
         self._slots[shape] = (name, route.add(shape, plan))
 
     def _unroute(self, shape: Shape) -> None:
@@ -336,7 +363,7 @@ class ShapeCache:
         with self.lock:
             if tx.end_lsn <= self.last_lsn:
                 return
-            touched: dict[Shape, list[Change]] = {}
+            touched: dict[Shape, list[Entry]] = {}
             routes = self._routes
             for sent in tx.changes:
                 route = routes.get((sent.schema, sent.table))
@@ -344,18 +371,20 @@ class ShapeCache:
                     continue
                 if sent.op == "truncate":
                     for shape in route.shapes:
-                        touched.setdefault(shape, []).append(sent)
+                        touched.setdefault(shape, []).append(("truncate", None, None))
                     continue
-                change = _materialized(sent)
-                row = change.old if change.op == "delete" else change.new
-                if row is not None and row.keys() != route.columns:
-                    self._columns_changed(route, change, frozenset(row.keys()))
-                for shape in route.candidates(change):
-                    touched.setdefault(shape, []).append(change)
+                entry = self._entry(route, sent)
+                for shape in route.targets(entry[1], entry[2]):
+                    routed = touched.get(shape)
+                    if routed is None:
+                        touched[shape] = [entry]
+                    else:
+                        routed.append(entry)
             listening = signals.shape_changed.has_receivers_for
-            for shape, changes in touched.items():
+            anyone = bool(signals.shape_changed.receivers)
+            for shape, entries in touched.items():
                 try:
-                    out = shape._offer(tx, changes, emit=listening(shape))
+                    out = shape._offer(tx, entries, emit=anyone and listening(shape))
                 except Invalidated as exc:
                     self._invalidate(shape, str(exc))
                     continue
@@ -365,9 +394,30 @@ class ShapeCache:
                 if out:
                     shape._unsent = (tx.end_lsn, out)
                     shape._sent_to = set()
-            for shape in touched:
-                self._notify(shape)
+            for shape in touched:  # each as of this transaction, all applied
+                if shape._unsent is not None:
+                    self._notify(shape)
             self.last_lsn = tx.end_lsn
+
+    def _entry(self, route: _Route, change: Change) -> Entry:
+        """*change* for the shapes: value tuples when every shape on the
+        route reads them and the stream sent each column as text, else dicts.
+        A new description of the table is checked against the shapes first."""
+        op, new, old = change.op, change.new, change.old
+        row = old if op == "delete" else new
+        if type(row) is Row:
+            if row._cols is not route.relation:
+                self._relation_changed(route, change, row._cols)
+            if route.positional:
+                values = None if new is None else cast(Row, new)._loaded()
+                old_values = None if old is None else cast(Row, old)._loaded()
+                if (values is None) is (new is None) and (old_values is None) is (
+                    old is None
+                ):
+                    return (op, values, old_values)
+        elif row is not None and row.keys() != route.columns:
+            self._columns_changed(route, change, frozenset(row.keys()), None)
+        return (op, decoded(new), decoded(old))
 
     def _notify(self, shape: Shape) -> None:
         """Send the shape's pending changes to each receiver that has not
@@ -384,18 +434,50 @@ class ShapeCache:
         shape._unsent = None
         shape._sent_to = set()
 
+    def _relation_changed(self, route: _Route, change: Change, cols: Columns) -> None:
+        """The stream described the table anew (a Relation message): shapes
+        planned for other columns, or other column types, are rebuilt."""
+        route.relation = cols
+        route.positions = dict(cols.index)
+        self._columns_changed(
+            route,
+            change,
+            frozenset(cols.names),
+            frozenset(zip(cols.names, cols.oids, strict=True)),
+        )
+        positional = route.single is not None
+        for shape in route.shapes:
+            plan = shape._plan
+            shape._layout = None if plan is None else plan.layout(cols.names)
+            positional = positional and shape._layout is not None
+        route.positional = positional
+
     def _columns_changed(
-        self, route: _Route, change: Change, columns: frozenset[str]
+        self,
+        route: _Route,
+        change: Change,
+        columns: frozenset[str],
+        types: frozenset[tuple[str, int]] | None,
     ) -> None:
         what = f"{change.schema}.{change.table}"
-        added = sorted(columns - route.columns)
-        dropped = sorted(route.columns - columns)
-        reason = f"the columns of {what} changed (added {added}, dropped {dropped})"
         route.columns = columns
         for shape in list(route.shapes):
             plan = shape._plan
-            if plan is None or plan.table_columns != columns:
-                self._invalidate(shape, reason)
+            if plan is None:
+                continue
+            if plan.table_columns != columns:
+                added = sorted(columns - plan.table_columns)
+                dropped = sorted(plan.table_columns - columns)
+                reason = (
+                    f"the columns of {what} changed (added {added}, dropped {dropped})"
+                )
+            elif types is not None and plan.column_types not in (None, types):
+                assert plan.column_types is not None
+                retyped = sorted(name for name, _ in plan.column_types - types)
+                reason = f"the type of column(s) {retyped} of {what} changed"
+            else:
+                continue
+            self._invalidate(shape, reason)
 
     def _fail(self, shape: Shape, error: ShapeError) -> None:
         """*shape* cannot be what was asked for: close it with *error*."""

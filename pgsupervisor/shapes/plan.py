@@ -59,9 +59,12 @@ def make_plan(conn: psycopg.Connection[Any], shape: Shape) -> tuple[Plan, Query]
         key=info.primary_key,
         columns=columns,
         table_columns=frozenset(names),
-        matches=where.matches,
+        matches=where.matcher(),
+        exact=where.exact_equality,
+        unfiltered=where.unfiltered,
         equalities=tuple(where.equalities.items()),
         reads=frozenset(where.columns),
+        column_types=frozenset((c.name, c.type_oid) for c in info.columns.values()),
     )
     select = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in plan.selected),

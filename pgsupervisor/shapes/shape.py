@@ -22,19 +22,34 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from ..replication.pgoutput import UNCHANGED_TOAST, Change, Transaction
+from ..replication.pgoutput import UNCHANGED_TOAST, Transaction
+from ..replication.values import Row
+from .rows import RowStore
 from .xid import PgSnapshot, after_snapshot, visible
 
 if TYPE_CHECKING:
     from .cache import ShapeCache
 
-__all__ = ["STATUSES", "Plan", "Shape", "ShapeChange"]
+__all__ = ["STATUSES", "Entry", "Plan", "Shape", "ShapeChange", "decoded"]
 
 logger = logging.getLogger("pgsupervisor")
 
 STATUSES: Final = ("pending", "snapshotting", "live", "invalidated", "closed")
 
 Key = tuple[Any, ...]
+Entry = tuple[str, Any, Any]
+"""A change routed to a shape: ``(op, new, old)``, each row decoded to a
+dict, or to a value tuple in the relation's column order (see `Layout`)."""
+
+
+def decoded(row: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """*row* with every value decoded: a stream `Row` decodes them all in one
+    call and lends its own dict, which nothing here modifies."""
+    if row is None or type(row) is dict:
+        return row
+    if type(row) is Row:
+        return row._values()
+    return dict(row.items())
 
 
 class ShapeChange(NamedTuple):
@@ -68,6 +83,14 @@ class Plan:
     equalities: tuple[tuple[str, Any], ...] = ()
     reads: frozenset[str] = field(default_factory=frozenset)
     """Columns the clause reads."""
+    column_types: frozenset[tuple[str, int]] | None = None
+    """``(column, type OID)`` of every column when the plan was made (None:
+    not known); a Relation message that differs invalidates the shape."""
+    exact: tuple[str, Any] | None = None
+    """``(column, value)`` when the clause is that one equality
+    (`Where.exact_equality`): decidable on a value tuple by position."""
+    unfiltered: bool = False
+    """No clause."""
 
     key_of: Callable[[Mapping[str, Any]], Key] = field(
         init=False, repr=False, compare=False
@@ -82,6 +105,30 @@ class Plan:
     not among them; the key is read from the same value objects."""
     key_positions: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
+    def layout(self, names: tuple[str, ...]) -> Layout | None:
+        """Accessors on the stream's value tuples of a relation with columns
+        *names*; None when the clause needs the row by name, or the relation
+        lacks a column the plan uses."""
+        where: dict[str, int] = {name: i for i, name in enumerate(names)}
+        if any(c not in where for c in self.columns + self.key):
+            return None
+        matches: Callable[[tuple[Any, ...]], bool]
+        if self.unfiltered:
+            matches = _always
+        elif self.exact is not None and self.exact[0] in where:
+            position, value = where[self.exact[0]], self.exact[1]
+
+            def matches(values: tuple[Any, ...]) -> bool:
+                return bool(values[position] == value)
+
+        else:
+            return None
+        if self.columns == names:
+            values_of: Callable[[tuple[Any, ...]], tuple[Any, ...]] = _same
+        else:
+            values_of = _getter(tuple(where[c] for c in self.columns))
+        return Layout(matches, _getter(tuple(where[c] for c in self.key)), values_of)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "key_of", _getter(self.key))
         object.__setattr__(self, "values_of", _getter(self.columns))
@@ -93,8 +140,26 @@ class Plan:
         object.__setattr__(self, "key_positions", positions)
 
 
-def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    """A C-speed ``row -> tuple(row[n] for n in names)``."""
+class Layout(NamedTuple):
+    """A plan's accessors on value tuples in a relation's column order: the
+    stream hands those over when every column came as text (`Row._loaded`),
+    and a shape then holds them with no dict built per change."""
+
+    matches: Callable[[tuple[Any, ...]], bool]
+    key_of: Callable[[tuple[Any, ...]], Key]
+    values_of: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+
+
+def _always(row: Any) -> bool:
+    return True
+
+
+def _same(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return values
+
+
+def _getter(names: tuple[Any, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A C-speed ``row -> tuple(row[n] for n in names)`` (names or positions)."""
     if len(names) == 1:
         (name,) = names
         return lambda row: (row[name],)
@@ -141,7 +206,8 @@ class Shape:
         self._handle = _handle(hash((table, where, self.params, self.columns)))
         self.error: BaseException | None = None
         self._plan: Plan | None = None
-        self._rows: dict[Key, tuple[Any, ...]] = {}
+        self._layout: Layout | None = None  # for the stream's current relation
+        self._rows = RowStore()
         self._snapshot: PgSnapshot | None = None
         self._filtering = False
         self._buffer: list[Transaction] | None = None  # while snapshotting
@@ -219,7 +285,7 @@ class Shape:
             self._cache.remove(self)
         with self._lock:
             self._set_status("closed")
-            self._rows = {}
+            self._rows = RowStore()
             self._buffer = None
 
     def __repr__(self) -> str:
@@ -262,7 +328,7 @@ class Shape:
         if handle != self._handle or self._buffer is None:
             return False
         buffered, self._buffer = self._buffer, None
-        self._rows = rows
+        self._rows = RowStore(rows)
         self._snapshot = snapshot
         self._filtering = True
         self._applied_lsn = 0
@@ -284,7 +350,7 @@ class Shape:
             return None
         logger.info("shape %s on %r invalidated: %s", self._handle, self.table, reason)
         self._handle = _handle(hash((self.table, self.where, self.params)))
-        self._rows = {}
+        self._rows = RowStore()
         self._snapshot = None
         self._buffer = []  # buffered from now: the next snapshot comes later
         self._unsent = None
@@ -294,13 +360,13 @@ class Shape:
     def _offer(
         self,
         tx: Transaction,
-        changes: Iterable[Change] | None = None,
+        entries: Iterable[Entry] | None = None,
         *,
         emit: bool = True,
     ) -> list[ShapeChange]:
-        """Apply *tx* (or only *changes*, those of it routed here) unless it
-        was applied already or the snapshot holds it; return the shape's
-        changes (none built unless *emit*: no one listens). Raises
+        """Apply *tx* (or only *entries*, its changes routed here, decoded)
+        unless it was applied already or the snapshot holds it; return the
+        shape's changes (none built unless *emit*: no one listens). Raises
         `Invalidated`."""
         if self._buffer is not None:
             self._buffer.append(tx)
@@ -320,68 +386,101 @@ class Shape:
         assert plan is not None
         out: list[ShapeChange] = []
         target = out if emit else None
-        if changes is None:
-            changes = [
-                c
+        if entries is None:
+            entries = [
+                (c.op, decoded(c.new), decoded(c.old))
                 for c in tx.changes
                 if c.table == plan.table and c.schema == plan.schema
             ]
-        for change in changes:
-            self._apply(plan, change, target)
+        layout = self._layout
+        if target is None:  # no one listens: inserts in one straight line
+            rows = self._rows
+            for op, new, old in entries:
+                acc: Plan | Layout = plan
+                if type(new if old is None else old) is tuple:
+                    assert layout is not None
+                    acc = layout
+                if op == "insert":
+                    if acc.matches(new):
+                        rows[acc.key_of(new)] = acc.values_of(new)
+                else:
+                    self._apply(plan, acc, op, new, old, out=None)
+            return out
+        for op, new, old in entries:
+            acc = plan
+            if type(new if old is None else old) is tuple:
+                assert layout is not None
+                acc = layout
+            self._apply(plan, acc, op, new, old, out=target)
         return out
 
-    def _apply(self, plan: Plan, change: Change, out: list[ShapeChange] | None) -> None:
-        op = change.op
+    def _apply(
+        self,
+        plan: Plan,
+        acc: Plan | Layout,
+        op: str,
+        new: Any,
+        old: Any,
+        *,
+        out: list[ShapeChange] | None,
+    ) -> None:
+        """Apply one change; *acc* reads the rows (*plan* for dicts, a
+        `Layout` for value tuples)."""
         rows = self._rows
         if op == "insert":
-            new = change.new
-            assert new is not None
-            if plan.matches(new):
-                key = plan.key_of(new)
-                values = plan.values_of(new)
-                held = rows.get(key)
+            if not acc.matches(new):
+                return
+            key = acc.key_of(new)
+            values = acc.values_of(new)
+            if out is None:
                 rows[key] = values
-                if out is None:
-                    return
-                if held is None:
-                    out.append(ShapeChange("insert", key, self._dict(values), None))
-                elif held != values:
-                    out.append(
-                        ShapeChange("update", key, self._dict(values), self._dict(held))
-                    )
+                return
+            held = rows.get(key)
+            rows[key] = values
+            if held is None:
+                out.append(ShapeChange("insert", key, self._dict(values), None))
+            elif held != values:
+                out.append(
+                    ShapeChange("update", key, self._dict(values), self._dict(held))
+                )
+        elif op == "update":
+            self._update(plan, acc, new, old, out)
         elif op == "delete":
-            old = change.old
-            if old is None or any(c not in old for c in plan.key):
+            if old is None or (acc is plan and any(c not in old for c in plan.key)):
                 raise Invalidated(
                     f"a delete on {plan.schema}.{plan.table} came without its key"
                 )
-            key = plan.key_of(old)
+            key = acc.key_of(old)
             held = rows.pop(key, None)
             if held is not None and out is not None:
                 out.append(ShapeChange("delete", key, None, self._dict(held)))
-        elif op == "update":
-            self._update(plan, change, out)
         elif op == "truncate":
             raise Invalidated(f"{plan.schema}.{plan.table} was truncated")
 
     def _update(
-        self, plan: Plan, change: Change, out: list[ShapeChange] | None
+        self,
+        plan: Plan,
+        acc: Plan | Layout,
+        new: Any,
+        old: Any,
+        out: list[ShapeChange] | None,
     ) -> None:
         rows = self._rows
-        new: Mapping[str, Any] | None = change.new
-        old: Mapping[str, Any] | None = change.old
-        assert new is not None
-        if old is not None and all(c in old for c in plan.key):
-            old_key = plan.key_of(old)
+        if acc is not plan:  # value tuples: whole rows, nothing left out
+            old_key = acc.key_of(new if old is None else old)
+            held = rows.get(old_key)
         else:
-            old_key = plan.key_of(new)
-        held = rows.get(old_key)
-        new = self._fill_toast(plan, new, old, held)
-        new_key = plan.key_of(new)
-        keep = plan.matches(new)
+            if old is not None and all(c in old for c in plan.key):
+                old_key = plan.key_of(old)
+            else:
+                old_key = plan.key_of(new)
+            held = rows.get(old_key)
+            new = self._fill_toast(plan, new, old, held)
+        keep = acc.matches(new)
         if held is None:
             if keep:  # moved in
-                values = plan.values_of(new)
+                new_key = acc.key_of(new)
+                values = acc.values_of(new)
                 rows[new_key] = values
                 if out is not None:
                     out.append(ShapeChange("insert", new_key, self._dict(values), None))
@@ -391,7 +490,8 @@ class Shape:
             if out is not None:
                 out.append(ShapeChange("delete", old_key, None, self._dict(held)))
             return
-        values = plan.values_of(new)
+        new_key = acc.key_of(new)
+        values = acc.values_of(new)
         if new_key != old_key:
             del rows[old_key]
             rows[new_key] = values

@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 
 from pgsupervisor import Manager, signals
+from pgsupervisor.replication.values import Row
 from pgsupervisor.shapes.errors import ShapeError
 from pgsupervisor.shapes.shape import Shape, ShapeChange
 
@@ -310,6 +311,53 @@ def test_a_thousand_tenants_are_routed_by_equality(repl_db, tmp_path) -> None:
             check(dsn, shape)
 
 
+def test_tenant_shapes_hold_the_streams_value_tuples(
+    repl_db, tmp_path, monkeypatch
+) -> None:
+    """Shapes that are each one ``column = value`` on the same column read
+    the stream's value tuples by position (no dict per change); rows with a
+    NULL fall back to the mapping. Both paths against the server."""
+    read = {"tuples": 0}
+    loaded = Row._loaded
+
+    def counting(row: Row) -> Any:
+        values = loaded(row)
+        read["tuples"] += values is not None
+        return values
+
+    monkeypatch.setattr(Row, "_loaded", counting)
+    dsn, slot = repl_db
+    setup_items(dsn, rows=200)
+    manager = make_manager(dsn, slot, tmp_path)
+    with running(manager):
+        shapes = [
+            manager.shape("items", where="tenant = $1", params=[t]) for t in range(5)
+        ]
+        replays = [Replay(shape) for shape in shapes]
+        quiet = [  # no receiver: changes applied without building ShapeChanges
+            manager.shape("items", where="tenant = $1", params=[t]) for t in range(5)
+        ]
+        for shape in shapes + quiet:
+            shape.wait_live(timeout=30)
+        for replay in replays:
+            replay.start()
+        with Writer(dsn, seed=11):
+            time.sleep(1.0)
+        execute(dsn, "insert into items values (990, 3, null, null, null)")
+        execute(dsn, "update items set tenant = 4, n = 7 where id = 990")
+        sync(dsn, manager)
+        routes = manager._shapes._routes[("public", "items")]  # type: ignore[union-attr]
+        assert routes.positional
+        assert read["tuples"] > 100
+        for shape, replay in zip(shapes, replays, strict=True):
+            check(dsn, shape, replay)
+        for shape in quiet:
+            check(dsn, shape)
+        assert shapes[4].get((990,)) == {
+            "id": 990, "tenant": 4, "status": None, "n": 7, "body": None
+        }  # fmt: skip
+
+
 # --- the handoff -----------------------------------------------------------------
 
 
@@ -451,6 +499,31 @@ def test_column_changes_invalidate(repl_db, tmp_path) -> None:
         assert len(everything.rows) == len(
             execute_one(dsn, "select id from items where status = 'open'")
         )
+
+
+def test_a_column_type_change_invalidates(repl_db, tmp_path) -> None:
+    """ALTER COLUMN TYPE keeps the names but rewrites every value without a
+    change in the stream: the next Relation message shows the new type and
+    the shape is rebuilt with values of it."""
+    dsn, slot = repl_db
+    setup_items(dsn)
+    manager = make_manager(dsn, slot, tmp_path)
+    with running(manager):
+        shape = manager.shape("items", where="tenant = 1")
+        replay = Replay(shape)
+        shape.wait_live(timeout=20)
+        assert isinstance(shape.get((1,))["n"], int)  # type: ignore[index]
+        execute(
+            dsn,
+            "alter table items alter column n type numeric(10,2)",
+            "update items set body = 'touched' where id = 2",
+        )
+        assert eventually(lambda: replay.invalidations, 20)
+        assert "type of column(s) ['n']" in replay.invalidations[0][0]
+        shape.wait_live(timeout=20)
+        sync(dsn, manager)
+        check(dsn, shape)
+        assert all(type(row["n"]).__name__ == "Decimal" for row in shape.rows.values())
 
 
 def execute_one(dsn: str, query: str) -> list[Any]:

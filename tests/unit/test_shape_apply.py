@@ -263,3 +263,61 @@ def test_replaying_changes_on_the_snapshot_gives_the_rows() -> None:
         expected = {(k,): v for k, v in table.items() if p.matches(v)}
         assert shape.rows == expected
         assert replay == expected
+
+
+@pytest.mark.parametrize("emit", [True, False])
+@pytest.mark.parametrize("columns", [COLUMNS, ("body", "id"), ("status",)])
+def test_value_tuples_apply_as_dicts_do(emit: bool, columns: tuple[str, ...]) -> None:
+    """The stream hands over value tuples (in the relation's column order)
+    when every shape on a table reads them by position: the same random
+    changes give the same rows and the same ShapeChanges as dicts."""
+    rnd = random.Random(11)
+    relation = ("body", "id", "status", "tenant")  # not the plan's order
+    p = plan(
+        columns,
+        matches=lambda r: r["status"] == "open",
+        exact=("status", "open"),
+    )
+    layout = p.layout(relation)
+    assert layout is not None
+    table = {i: row(i, rnd.choice(["open", "closed"])) for i in range(20)}
+    start = {(k,): v for k, v in table.items() if p.matches(v)}
+    by_dict, by_tuple = live(p, start), live(p, start)
+    by_tuple._layout = layout
+
+    def values(r: dict[str, Any] | None) -> tuple[Any, ...] | None:
+        return None if r is None else tuple(r[c] for c in relation)
+
+    for n in range(300):
+        i = rnd.randint(0, 40)
+        old = table.get(i)
+        if old is None:
+            table[i] = row(i, rnd.choice(["open", "closed"]), body=str(n))
+            entry = ("insert", table[i], None)
+        elif rnd.random() < 0.2:
+            del table[i]
+            entry = ("delete", None, old)
+        else:
+            j = i if rnd.random() < 0.8 else rnd.randint(41, 80)
+            if j != i and j in table:
+                continue
+            del table[i]
+            table[j] = row(j, rnd.choice(["open", "closed"]), body=str(n))
+            entry = ("update", table[j], old)
+        op, new, old_row = entry
+        t = tx(1000 + n, 100 + n)
+        out_dict = by_dict._offer(t, [entry], emit=emit)
+        out_tuple = by_tuple._offer(t, [(op, values(new), values(old_row))], emit=emit)
+        assert out_tuple == out_dict
+        assert by_tuple.rows == by_dict.rows
+    assert by_dict.rows == {
+        (k,): {c: v[c] for c in columns} for k, v in table.items() if p.matches(v)
+    }
+
+
+def test_a_layout_needs_every_column_and_a_positional_clause() -> None:
+    relation = ("id", "tenant", "status", "body")
+    assert plan(exact=("status", "open")).layout(relation) is not None
+    assert plan(unfiltered=True).layout(relation) is not None
+    assert plan().layout(relation) is None  # a general clause reads by name
+    assert plan(exact=("status", "open")).layout(("id", "status")) is None
