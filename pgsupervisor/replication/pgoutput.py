@@ -696,6 +696,7 @@ class Assembler:
             context=self._context,
             key=tuple(c.is_key for c in m.columns),
             warned=self._warned,
+            typmods=tuple(c.type_modifier for c in m.columns),
         )
 
     def _lookup(self, oid: int) -> Columns:

@@ -119,6 +119,7 @@ class Columns:
         "table",
         "transformer",
         "tuple_loader",
+        "typmods",
     )
 
     def __init__(
@@ -132,12 +133,14 @@ class Columns:
         context: AdaptContext | None,
         key: tuple[bool, ...] | None = None,
         warned: set[tuple[str, str, str]] | None = None,
+        typmods: tuple[int, ...] | None = None,
     ):
         self.schema = schema
         self.table = table
         self.names = names
         self.ncols = len(names)
         self.oids = oids
+        self.typmods = (-1,) * len(names) if typmods is None else typmods
         self.index = {name: i for i, name in enumerate(names)}
         tx = Transformer(context)
         # Loaders are built now, while the session is open: they read its

@@ -443,7 +443,7 @@ class ShapeCache:
             route,
             change,
             frozenset(cols.names),
-            frozenset(zip(cols.names, cols.oids, strict=True)),
+            frozenset(zip(cols.names, cols.oids, cols.typmods, strict=True)),
         )
         positional = route.single is not None
         for shape in route.shapes:
@@ -457,7 +457,7 @@ class ShapeCache:
         route: _Route,
         change: Change,
         columns: frozenset[str],
-        types: frozenset[tuple[str, int]] | None,
+        types: frozenset[tuple[str, int, int]] | None,
     ) -> None:
         what = f"{change.schema}.{change.table}"
         route.columns = columns
@@ -473,7 +473,7 @@ class ShapeCache:
                 )
             elif types is not None and plan.column_types not in (None, types):
                 assert plan.column_types is not None
-                retyped = sorted(name for name, _ in plan.column_types - types)
+                retyped = sorted({c[0] for c in plan.column_types - types})
                 reason = f"the type of column(s) {retyped} of {what} changed"
             else:
                 continue

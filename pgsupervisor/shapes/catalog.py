@@ -44,6 +44,8 @@ class ColumnInfo:
     "POSIX" collation (the database's, for 'default'), as Python does."""
     deterministic: bool = True
     """Equal only when byte-equal (false for nondeterministic ICU collations)."""
+    type_modifier: int = -1
+    """``atttypmod``: ``numeric(10,2)``'s precision and scale, a varchar's length."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,8 @@ SELECT a.attname, a.atttypid,
             ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e
                   WHERE e.enumtypid = base.oid ORDER BY e.enumsortorder)
        END,
-       a.attnotnull
+       a.attnotnull,
+       a.atttypmod
 FROM pg_catalog.pg_attribute a
 JOIN base ON base.attnum = a.attnum
 JOIN pg_catalog.pg_type bt ON bt.oid = base.oid
@@ -167,6 +170,7 @@ def describe_table(conn: psycopg.Connection[Any], table: str) -> TableInfo:
                 deterministic,
                 labels,
                 not_null,
+                typmod,
             ) = row
             columns[col] = ColumnInfo(
                 name=col,
@@ -179,6 +183,7 @@ def describe_table(conn: psycopg.Connection[Any], table: str) -> TableInfo:
                 base_type_sql=base_sql,
                 c_collation=c_collation,
                 deterministic=deterministic,
+                type_modifier=typmod,
             )
         key = tuple(r[0] for r in cur.execute(_PRIMARY_KEY, {"oid": oid}).fetchall())
         database = cur.execute(_DATABASE).fetchone()

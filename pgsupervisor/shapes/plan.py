@@ -64,7 +64,9 @@ def make_plan(conn: psycopg.Connection[Any], shape: Shape) -> tuple[Plan, Query]
         unfiltered=where.unfiltered,
         equalities=tuple(where.equalities.items()),
         reads=frozenset(where.columns),
-        column_types=frozenset((c.name, c.type_oid) for c in info.columns.values()),
+        column_types=frozenset(
+            (c.name, c.type_oid, c.type_modifier) for c in info.columns.values()
+        ),
     )
     select = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in plan.selected),

@@ -83,9 +83,10 @@ class Plan:
     equalities: tuple[tuple[str, Any], ...] = ()
     reads: frozenset[str] = field(default_factory=frozenset)
     """Columns the clause reads."""
-    column_types: frozenset[tuple[str, int]] | None = None
-    """``(column, type OID)`` of every column when the plan was made (None:
-    not known); a Relation message that differs invalidates the shape."""
+    column_types: frozenset[tuple[str, int, int]] | None = None
+    """``(column, type OID, type modifier)`` of every column when the plan
+    was made (None: not known); a Relation message that differs invalidates
+    the shape."""
     exact: tuple[str, Any] | None = None
     """``(column, value)`` when the clause is that one equality
     (`Where.exact_equality`): decidable on a value tuple by position."""

@@ -524,6 +524,19 @@ def test_a_column_type_change_invalidates(repl_db, tmp_path) -> None:
         sync(dsn, manager)
         check(dsn, shape)
         assert all(type(row["n"]).__name__ == "Decimal" for row in shape.rows.values())
+        execute(  # same type OID, a new scale: every value is rewritten
+            dsn,
+            "alter table items alter column n type numeric(12,3)",
+            "update items set body = 'again' where id = 2",
+        )
+        assert eventually(lambda: len(replay.invalidations) == 2, 20)
+        shape.wait_live(timeout=20)
+        sync(dsn, manager)
+        check(dsn, shape)
+        assert all(
+            row["n"] is None or row["n"].as_tuple().exponent == -3
+            for row in shape.rows.values()
+        )
 
 
 def execute_one(dsn: str, query: str) -> list[Any]:
