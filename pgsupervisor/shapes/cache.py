@@ -391,6 +391,10 @@ class ShapeCache:
                 except WhereEvaluationError as exc:
                     self._fail(shape, exc)
                     continue
+                except Exception as exc:  # a bug: this shape, not the stream
+                    logger.exception("applying a change to %r failed", shape)
+                    self._fail(shape, ShapeError(f"applying a change failed: {exc!r}"))
+                    continue
                 if out:
                     shape._unsent = (tx.end_lsn, out)
                     shape._sent_to = set()

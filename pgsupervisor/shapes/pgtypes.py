@@ -23,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Any
+from typing import Any, Final
+
+from ..replication.values import RawValue
 
 __all__ = [
     "BOOL",
@@ -407,14 +409,16 @@ def from_python(t: PgType, v: Any) -> Any:
 
 def row_reader(t: PgType) -> Callable[[Any], Any] | None:
     """How to take a column value as psycopg loaded it (None: as it is).
-    Text from a fallback loader is read with the input function; a real
-    loaded by its text form is rounded back to single precision."""
+    Text from a fallback loader, or a `RawValue` psycopg could not load
+    ('infinity' dates), is read with the input function, which raises
+    `PgValueError` for what Python cannot hold; a real loaded by its text
+    form is rounded back to single precision."""
     k = t.kind
     if k is Kind.FLOAT4:
 
         def read_f4(v: Any) -> Any:
-            if isinstance(v, str):
-                return parse_input(t, v)
+            if isinstance(v, _TEXTUAL):
+                return parse_input(t, str(v))
             return f4_round(v)
 
         return read_f4
@@ -423,14 +427,19 @@ def row_reader(t: PgType) -> Callable[[Any], Any] | None:
     if k is Kind.DATE:
 
         def read_date(v: Any) -> Any:
-            return parse_input(t, v) if isinstance(v, str) else v.toordinal()
+            if isinstance(v, _TEXTUAL):
+                return parse_input(t, str(v))
+            return v.toordinal()
 
         return read_date
 
     def read(v: Any) -> Any:
-        return parse_input(t, v) if isinstance(v, str) else v
+        return parse_input(t, str(v)) if isinstance(v, _TEXTUAL) else v
 
     return read
+
+
+_TEXTUAL: Final = (str, RawValue)
 
 
 # --- order ------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pgsupervisor.replication.values import RawValue
 from pgsupervisor.shapes import (
     ColumnInfo,
     ShapeError,
@@ -861,3 +862,17 @@ def test_no_clause_matches_every_row_without_evaluating() -> None:
     compiled = compile_where(None, None, TABLE)
     assert compiled.unfiltered
     assert compiled.matcher()({}) is True
+
+
+def test_a_value_psycopg_could_not_load_is_read_with_the_input_function() -> None:
+    """'infinity' dates reach the stream as RawValue: the general evaluator
+    raises WhereEvaluationError naming the value (the shape's own SELECT
+    fails on such rows as well), the lone equality answers like the server."""
+    infinity = RawValue("infinity", 1082)
+    later = compile_where("d > $1", [dt.date(2024, 1, 1)], TABLE)
+    with pytest.raises(WhereEvaluationError, match="infinity"):
+        later.matches({"d": infinity})
+    assert later.matches({"d": dt.date(2024, 1, 2)})
+    equal = compile_where("d = $1", [dt.date(2024, 1, 1)], TABLE).matcher()
+    assert equal({"d": infinity}) is False
+    assert compile_where("i8 = $1", [5], TABLE).matches({"i8": RawValue("5", 20)})
