@@ -21,4 +21,8 @@ pgs = PgSupervisor(app)
 def pid() -> dict:
     with pgs.manager.snapshot_pool.connection() as conn:
         row = conn.execute("select pg_backend_pid()").fetchone()
-    return {"worker": os.getpid(), "backend": row[0] if row else None}
+    return {
+        "worker": os.getpid(),
+        "backend": row[0] if row else None,
+        "status": pgs.manager.status.value,
+    }
