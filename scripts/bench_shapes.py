@@ -401,16 +401,18 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    tmp = tempfile.mkdtemp(prefix="pgsupervisor-bench-shapes-")
     if "routing" not in args.skip:
         bench_routing(args.shapes)
-    with Cluster(
-        settings={
-            "max_wal_size": "4GB",
-            "max_replication_slots": "20",
-            "logical_decoding_work_mem": "64MB",
-        }
-    ) as cluster:
+    with (
+        tempfile.TemporaryDirectory(prefix="pgsupervisor-bench-shapes-") as tmp,
+        Cluster(
+            settings={
+                "max_wal_size": "4GB",
+                "max_replication_slots": "20",
+                "logical_decoding_work_mem": "64MB",
+            }
+        ) as cluster,
+    ):
         if "stream" not in args.skip:
             bench_stream(cluster, args.shapes, tmp, args.rounds)
         if "snapshot" not in args.skip:
