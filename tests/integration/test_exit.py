@@ -146,17 +146,7 @@ def test_gunicorn_workers_exit_on_sigterm_well_before_graceful_timeout(
         text=True,
     )
     try:
-        workers: set[int] = set()
-
-        def both_workers_serve() -> bool:
-            # A worker's pool serves a moment before its Manager is up.
-            with contextlib.suppress(OSError):
-                answer = _get(port, "/pid")
-                if answer["status"] in ("active", "waiting"):
-                    workers.add(answer["worker"])
-            return len(workers) == 2
-
-        assert eventually(both_workers_serve, timeout=30), workers
+        workers = _workers_up(port, 2)
         # One worker streams, the other waits for the slot's lock.
         assert eventually(lambda: len(sessions(dsn)) >= 5, timeout=20)
         term = time.monotonic()
@@ -213,17 +203,7 @@ def test_uwsgi_workers_stop_their_managers_on_sigterm(
         text=True,
     )
     try:
-        workers: set[int] = set()
-
-        def both_workers_serve() -> bool:
-            # A worker's pool serves a moment before its Manager is up.
-            with contextlib.suppress(OSError):
-                answer = _get(port, "/pid")
-                if answer["status"] in ("active", "waiting"):
-                    workers.add(answer["worker"])
-            return len(workers) == 2
-
-        assert eventually(both_workers_serve, timeout=30), workers
+        workers = _workers_up(port, 2)
         term = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
@@ -238,6 +218,22 @@ def test_uwsgi_workers_stop_their_managers_on_sigterm(
         assert f"{pid} [flasktest] active -> stopped: stop() called" in out, out
     assert took < 10, (took, out[-3000:])
     assert eventually(lambda: sessions(cluster_app_dsn) == [], timeout=5)
+
+
+def _workers_up(port: int, count: int) -> set[int]:
+    """The pids of *count* workers that answered with their Manager up
+    (a worker's pool serves a moment before its Manager is)."""
+    workers: set[int] = set()
+
+    def all_up() -> bool:
+        with contextlib.suppress(OSError):
+            answer = _get(port, "/pid")
+            if answer["status"] in ("active", "waiting"):
+                workers.add(answer["worker"])
+        return len(workers) == count
+
+    assert eventually(all_up, timeout=30), workers
+    return workers
 
 
 def _alive(pid: int) -> bool:
