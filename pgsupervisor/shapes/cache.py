@@ -442,7 +442,7 @@ class ShapeCache:
         """The stream described the table anew (a Relation message): shapes
         planned for other columns, or other column types, are rebuilt."""
         route.relation = cols
-        route.positions = dict(cols.index)
+        route.positions = cols.index
         self._columns_changed(
             route,
             change,
