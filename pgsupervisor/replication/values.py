@@ -466,21 +466,39 @@ class Row(Mapping[str, Any]):
         return d
 
     def _loaded(self) -> tuple[Any, ...] | None:
-        """Every value in column order, when each column was sent as text and
-        the row was not decoded yet (else None: use the mapping). Nothing is
-        kept: the Row decodes again if it is read."""
-        buf = self._buf
-        if buf is None or self._cache:
+        """Every value in column order, NULL as None, when the row was not
+        decoded yet, has no unchanged TOAST value and every value loads;
+        else None: use the mapping, which raises or falls back to RawValue
+        as it does. Nothing is kept: the Row decodes again if it is read."""
+        if self._cache:
             return None
         cols = self._cols
-        load = cols.tuple_loader
-        if load is None:
-            load = cols.tuple_loader = _tuple_loader(
-                len(cols.names), cols.transformer.load_sequence
-            )
+        buf = self._buf
+        if buf is not None:
+            load = cols.tuple_loader
+            if load is None:
+                load = cols.tuple_loader = _tuple_loader(
+                    len(cols.names), cols.transformer.load_sequence
+                )
+            try:
+                values = load(buf, self._pos)
+            except Exception:
+                return None
+            if values is not None:
+                return values
+            try:  # a NULL among them, or a tuple that does not end the message
+                raw, end, toast = split_tuple(buf, self._pos)
+            except DecodeError:
+                return None
+            if toast or end != len(buf):
+                return None
+        else:  # split already (an old row), or decoded
+            raw = self._raw  # type: ignore[assignment]
+            if raw is None or self._toast:
+                return None
         try:
-            return load(buf, self._pos)
-        except Exception:  # the mapping's general path raises or falls back
+            return tuple(cols.transformer.load_sequence(raw))
+        except Exception:
             return None
 
     @staticmethod
