@@ -36,15 +36,19 @@ _YOUNG_LIMIT: Final = 16
 class RowStore:
     """Rows by primary key; a dict's get/set/pop/len/items, nothing more.
 
-    A key is in at most one of the two dicts, so ``len`` is their sum.
+    A write goes to the young dict only, without looking into the big one:
+    a key can then be in both, and the young dict's row is the current one
+    (settling overwrites the big dict's). Once the young dict can never
+    settle, writes remove the key from the big dict as they go.
     """
 
-    __slots__ = ("_next", "_old", "_young")
+    __slots__ = ("_forever", "_next", "_old", "_young")
 
     def __init__(self, rows: dict[Key, Values] | None = None) -> None:
         self._old: dict[Key, Values] = {} if rows is None else rows
         self._young: dict[Key, Values] = {}
         self._next = _YOUNG_LIMIT  # settle when the young dict grows past it
+        self._forever = False  # a row the collector keeps tracking was seen
 
     def get(self, key: Key) -> Values | None:
         values = self._young.get(key)
@@ -53,13 +57,15 @@ class RowStore:
     def __setitem__(self, key: Key, values: Values) -> None:
         young = self._young
         young[key] = values
-        self._old.pop(key, None)
         if len(young) > self._next:
             self._settle()
+        elif self._forever:
+            self._old.pop(key, None)
 
     def pop(self, key: Key, default: Values | None = None) -> Values | None:
         values = self._young.pop(key, None)
-        return self._old.pop(key, default) if values is None else values
+        older = self._old.pop(key, default)
+        return older if values is None else values
 
     def __delitem__(self, key: Key) -> None:
         if self.pop(key) is None:
@@ -69,10 +75,15 @@ class RowStore:
         return key in self._young or key in self._old
 
     def __len__(self) -> int:
-        return len(self._young) + len(self._old)
+        old, young = self._old, self._young
+        if self._forever:
+            return len(old) + len(young)
+        return len(old) + sum(1 for key in young if key not in old)
 
     def items(self) -> Iterator[tuple[Key, Values]]:
-        return itertools.chain(self._old.items(), self._young.items())
+        young = self._young
+        older = ((k, v) for k, v in self._old.items() if k not in young)
+        return itertools.chain(older, young.items())
 
     def _settle(self) -> None:
         """Move the rows the collector stopped tracking into the big dict.
@@ -80,12 +91,16 @@ class RowStore:
         after as many writes again as are left waiting: amortized O(1)."""
         old, tracked = self._old, gc.is_tracked
         kept: dict[Key, Values] = {}
-        forever = False
+        forever = self._forever
         for key, values in self._young.items():
             if not tracked(values) and not tracked(key):
                 old[key] = values
                 continue
             kept[key] = values  # not seen by a collection yet, or never will
             forever = forever or any(map(tracked, values)) or any(map(tracked, key))
+        if forever and not self._forever:
+            self._forever = True
+            for key in kept:  # from now on a key is in one dict only
+                old.pop(key, None)
         self._young = kept
         self._next = sys.maxsize if forever else max(_YOUNG_LIMIT, 2 * len(kept))
