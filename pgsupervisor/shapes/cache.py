@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -40,7 +40,7 @@ from ..status import Status
 from . import publication, snapshot
 from .errors import ShapeError, WhereEvaluationError
 from .plan import make_plan
-from .shape import Entry, Invalidated, Plan, Shape, decoded
+from .shape import Invalidated, Plan, Shape, ShapeChange, decoded
 
 if TYPE_CHECKING:
     from ..manager import Manager
@@ -58,6 +58,7 @@ class _Route:
 
     __slots__ = (
         "columns",
+        "fast",
         "index",
         "plain",
         "positional",
@@ -78,6 +79,17 @@ class _Route:
         self.index: dict[str, dict[Any, set[Shape]]] = {}
         self.single: tuple[str, dict[Any, set[Shape]]] | None = None
         """The one index when every shape is in it (the tenant case)."""
+        self.fast: tuple[int, dict[Any, set[Shape]]] | None = None
+        """`single` by its column's position in the value tuples, when
+        `positional`."""
+
+    def set_relation(self, relation: Columns | None, positional: bool) -> None:
+        """The stream's description of the table, and whether every shape
+        here reads its value tuples."""
+        self.relation = relation
+        self.positions = {} if relation is None else relation.index
+        self.positional = positional and relation is not None
+        self._indexed()
 
     def _indexed(self) -> None:
         if len(self.index) == 1 and not self.plain:
@@ -85,6 +97,12 @@ class _Route:
         else:
             self.single = None
             self.positional = False
+        self.fast = None
+        if self.positional and self.single is not None:
+            column, by_value = self.single
+            at = self.positions.get(column)
+            if at is not None:
+                self.fast = (at, by_value)
 
     def add(self, shape: Shape, plan: Plan) -> tuple[str, Any] | None:
         self.shapes.add(shape)
@@ -173,6 +191,9 @@ class ShapeCache:
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
         self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        """Notified when a shape's status or handle moves (waiters check
+        their own shape's)."""
         self.last_lsn = 0  # end_lsn of the last transaction fully handled
         self._routes: dict[tuple[str, str], _Route] = {}
         self._slots: dict[Shape, tuple[tuple[str, str], tuple[str, Any] | None]] = {}
@@ -252,8 +273,7 @@ class ShapeCache:
         if route is None:
             route = self._routes[name] = _Route(plan.table_columns)
         route.columns = plan.table_columns
-        route.relation = None  # check the new plan against the next change
-        route.positional = False
+        route.set_relation(None, False)  # check the new plan at the next change
         self._slots[shape] = (name, route.add(shape, plan))
 
     def _unroute(self, shape: Shape) -> None:
@@ -363,65 +383,99 @@ class ShapeCache:
         with self.lock:
             if tx.end_lsn <= self.last_lsn:
                 return
-            touched: dict[Shape, list[Entry]] = {}
+            # Each shape a change is routed to, with what `Shape._open` said
+            # about this transaction: False (skip it), None (apply, no one
+            # listens) or the list its ShapeChanges go to.
+            taking: dict[Shape, list[ShapeChange] | Literal[False] | None] = {}
+            failed: list[tuple[Shape, ShapeError]] = []
+            anyone = bool(signals.shape_changed.receivers)
+            listening = signals.shape_changed.has_receivers_for
             routes = self._routes
+            new: Any
+            old: Any
             for sent in tx.changes:
                 route = routes.get((sent.schema, sent.table))
                 if route is None:
                     continue
-                if sent.op == "truncate":
-                    for shape in route.shapes:
-                        touched.setdefault(shape, []).append(("truncate", None, None))
-                    continue
-                entry = self._entry(route, sent)
-                for shape in route.targets(entry[1], entry[2]):
-                    routed = touched.get(shape)
-                    if routed is None:
-                        touched[shape] = [entry]
-                    else:
-                        routed.append(entry)
-            listening = signals.shape_changed.has_receivers_for
-            anyone = bool(signals.shape_changed.receivers)
-            for shape, entries in touched.items():
-                try:
-                    out = shape._offer(tx, entries, emit=anyone and listening(shape))
-                except Invalidated as exc:
-                    self._invalidate(shape, str(exc))
-                    continue
-                except WhereEvaluationError as exc:
-                    self._fail(shape, exc)
-                    continue
-                except Exception as exc:  # a bug: this shape, not the stream
-                    logger.exception("applying a change to %r failed", shape)
-                    self._fail(shape, ShapeError(f"applying a change failed: {exc!r}"))
-                    continue
+                op, new, old = sent.op, sent.new, sent.old
+                fast = route.fast
+                targets: Iterable[Shape]
+                if (
+                    fast is not None
+                    and op == "insert"
+                    and type(new) is Row
+                    and new._cols is route.relation
+                    and (values := new._loaded()) is not None
+                ):  # the tenant case: one lookup by position
+                    new = values
+                    try:
+                        targets = fast[1].get(values[fast[0]], ())
+                    except TypeError:  # unhashable
+                        targets = route.targets(values, None)
+                elif op == "truncate":
+                    targets = list(route.shapes)
+                else:
+                    new, old = self._rows_of(route, sent)
+                    targets = route.targets(new, old)
+                for shape in targets:
+                    out = taking.get(shape, True)  # True: not opened yet
+                    if out is True:
+                        out = taking[shape] = shape._open(
+                            tx, anyone and listening(shape)
+                        )
+                    if out is False:
+                        continue
+                    try:
+                        if out is None and op == "insert" and type(new) is tuple:
+                            layout = shape._layout  # no one listens: just store
+                            assert layout is not None
+                            if layout.matches(new):
+                                shape._rows[layout.key_of(new)] = layout.values_of(new)
+                        else:
+                            shape._take(op, new, old, out)
+                    except Invalidated as exc:
+                        taking[shape] = False
+                        self._invalidate(shape, str(exc))
+                    except Exception as exc:
+                        taking[shape] = False
+                        if not isinstance(exc, WhereEvaluationError):
+                            logger.exception("applying a change to %r failed", shape)
+                            exc = ShapeError(f"applying a change failed: {exc!r}")
+                        failed.append((shape, exc))  # not while iterating its route
+            for shape, error in failed:
+                self._fail(shape, error)
+            for shape, out in taking.items():
                 if out:
                     shape._unsent = (tx.end_lsn, out)
                     shape._sent_to = set()
-            for shape in touched:  # each as of this transaction, all applied
+            for shape in taking:  # each as of this transaction, all applied
                 if shape._unsent is not None:
                     self._notify(shape)
             self.last_lsn = tx.end_lsn
 
-    def _entry(self, route: _Route, change: Change) -> Entry:
-        """*change* for the shapes: value tuples when every shape on the
-        route reads them and the stream sent each column as text, else dicts.
-        A new description of the table is checked against the shapes first."""
-        op, new, old = change.op, change.new, change.old
-        row = old if op == "delete" else new
+    def _rows_of(self, route: _Route, change: Change) -> tuple[Any, Any]:
+        """*change*'s new and old rows for the shapes: value tuples when
+        every shape on the route reads them and the stream sent each column
+        as text, else dicts. A new description of the table is checked
+        against the shapes first."""
+        new, old = change.new, change.old
+        row = old if change.op == "delete" else new
         if type(row) is Row:
             if row._cols is not route.relation:
                 self._relation_changed(route, change, row._cols)
             if route.positional:
-                values = None if new is None else cast(Row, new)._loaded()
-                old_values = None if old is None else cast(Row, old)._loaded()
+                values = old_values = None
+                if new is not None:
+                    values = new._loaded()  # type: ignore[attr-defined]
+                if old is not None and old._cols is row._cols:  # type: ignore[attr-defined]
+                    old_values = old._loaded()  # type: ignore[attr-defined]
                 if (values is None) is (new is None) and (old_values is None) is (
                     old is None
                 ):
-                    return (op, values, old_values)
+                    return values, old_values
         elif row is not None and row.keys() != route.columns:
             self._columns_changed(route, change, frozenset(row.keys()), None)
-        return (op, decoded(new), decoded(old))
+        return decoded(new), decoded(old)
 
     def _notify(self, shape: Shape) -> None:
         """Send the shape's pending changes to each receiver that has not
@@ -441,8 +495,7 @@ class ShapeCache:
     def _relation_changed(self, route: _Route, change: Change, cols: Columns) -> None:
         """The stream described the table anew (a Relation message): shapes
         planned for other columns, or other column types, are rebuilt."""
-        route.relation = cols
-        route.positions = cols.index
+        route.set_relation(cols, False)
         self._columns_changed(
             route,
             change,
@@ -454,7 +507,7 @@ class ShapeCache:
             plan = shape._plan
             shape._layout = None if plan is None else plan.layout(cols.names)
             positional = positional and shape._layout is not None
-        route.positional = positional
+        route.set_relation(cols, positional)
 
     def _columns_changed(
         self,

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from ..replication.pgoutput import UNCHANGED_TOAST, Transaction
 from ..replication.values import Row
@@ -200,7 +200,8 @@ class Shape:
         self.columns = None if columns is None else tuple(columns)
         self.set_replica_identity = set_replica_identity
         self._lock: threading.RLock = cache.lock if cache else threading.RLock()
-        self._changed = threading.Condition(self._lock)  # status or handle moved
+        # Status or handle moved; one condition for every shape of a cache.
+        self._changed = cache.changed if cache else threading.Condition(self._lock)
 
         # Guarded by _lock.
         self._status = "pending"
@@ -369,51 +370,59 @@ class Shape:
         unless it was applied already or the snapshot holds it; return the
         shape's changes (none built unless *emit*: no one listens). Raises
         `Invalidated`."""
-        if self._buffer is not None:
-            self._buffer.append(tx)
+        out = self._open(tx, emit)
+        if out is False:
             return []
-        end_lsn = tx.end_lsn
-        if end_lsn <= self._applied_lsn:
-            return []
-        self._applied_lsn = end_lsn
-        self._offset = max(self._offset, end_lsn)
-        if self._filtering:
-            assert self._snapshot is not None
-            if visible(tx.xid, self._snapshot):
-                return []
-            if after_snapshot(tx.xid, self._snapshot):
-                self._filtering = False
         plan = self._plan
         assert plan is not None
-        out: list[ShapeChange] = []
-        target = out if emit else None
         if entries is None:
             entries = [
                 (c.op, decoded(c.new), decoded(c.old))
                 for c in tx.changes
                 if c.table == plan.table and c.schema == plan.schema
             ]
-        layout = self._layout
-        if target is None:  # no one listens: inserts in one straight line
-            rows = self._rows
-            for op, new, old in entries:
-                acc: Plan | Layout = plan
-                if type(new if old is None else old) is tuple:
-                    assert layout is not None
-                    acc = layout
-                if op == "insert":
-                    if acc.matches(new):
-                        rows[acc.key_of(new)] = acc.values_of(new)
-                else:
-                    self._apply(plan, acc, op, new, old, out=None)
-            return out
         for op, new, old in entries:
-            acc = plan
-            if type(new if old is None else old) is tuple:
-                assert layout is not None
-                acc = layout
-            self._apply(plan, acc, op, new, old, out=target)
-        return out
+            self._take(op, new, old, out)
+        return out or []
+
+    def _open(
+        self, tx: Transaction, emit: bool
+    ) -> list[ShapeChange] | Literal[False] | None:
+        """Decide about *tx* once, before its first change here: False to
+        skip it (buffered while the snapshot is taken, applied already, or
+        held by the snapshot); else the list its `ShapeChange`s go to, or
+        None when no one listens."""
+        if self._buffer is not None:
+            self._buffer.append(tx)
+            return False
+        end_lsn = tx.end_lsn
+        if end_lsn <= self._applied_lsn:
+            return False
+        self._applied_lsn = end_lsn
+        self._offset = max(self._offset, end_lsn)
+        if self._filtering:
+            assert self._snapshot is not None
+            if visible(tx.xid, self._snapshot):
+                return False
+            if after_snapshot(tx.xid, self._snapshot):
+                self._filtering = False
+        return [] if emit else None
+
+    def _take(self, op: str, new: Any, old: Any, out: list[ShapeChange] | None) -> None:
+        """Apply one change of a transaction `_open` accepted: rows as dicts,
+        or value tuples read through the relation's `Layout`."""
+        plan = self._plan
+        assert plan is not None
+        acc: Plan | Layout = plan
+        if type(new if old is None else old) is tuple:
+            layout = self._layout
+            assert layout is not None
+            acc = layout
+        if op == "insert" and out is None:
+            if acc.matches(new):
+                self._rows[acc.key_of(new)] = acc.values_of(new)
+            return
+        self._apply(plan, acc, op, new, old, out=out)
 
     def _apply(
         self,

@@ -78,3 +78,35 @@ def test_a_shape_that_fails_on_a_change_closes_alone(cache: ShapeCache) -> None:
         None, transaction=Transaction(6, 19, 20, NOW, [_insert(3, 1), _insert(4, 2)])
     )
     assert set(good.rows) == {(1,), (3,)}
+
+
+def test_a_failing_shape_leaves_its_tenant_peer_whole(cache: ShapeCache) -> None:
+    """The broken shape shares the routing entry of the good one, which is
+    being walked when it fails: the good one still gets every change, the
+    ones after the failure in the same transaction included."""
+
+    def broken(row: Any) -> bool:
+        raise RuntimeError("a bug")
+
+    good = _tenant_shape(cache, 1)
+    bad = _tenant_shape(cache, 1, matches=broken)
+    tx = Transaction(5, 9, 10, NOW, [_insert(1, 1), _insert(2, 1), _insert(3, 1)])
+    cache._on_transaction(None, transaction=tx)
+    assert bad.status == "closed"
+    assert good.status == "live" and set(good.rows) == {(1,), (2,), (3,)}
+    cache._on_transaction(
+        None, transaction=Transaction(6, 19, 20, NOW, [_insert(4, 1)])
+    )
+    assert set(good.rows) == {(1,), (2,), (3,), (4,)}
+
+
+def test_a_truncate_rebuilds_every_shape_of_the_table_once(
+    cache: ShapeCache,
+) -> None:
+    shapes = [_tenant_shape(cache, t) for t in range(2)]
+    truncate = Change("truncate", "public", "t")
+    tx = Transaction(5, 9, 10, NOW, [_insert(1, 0), truncate, _insert(2, 1)])
+    cache._on_transaction(None, transaction=tx)
+    for shape in shapes:
+        assert shape.status == "invalidated"
+        assert shape.rows == {}
