@@ -373,3 +373,28 @@ def test_relations_of_the_same_width_keep_their_own_names_and_loaders() -> None:
         EXPECTED,
         {"a": "12", "b": 34, "id": 5},
     ]
+
+
+def test_value_tuples_equal_the_mapping_or_are_refused() -> None:
+    """`Row._loaded` (what tenant shapes hold) gives the mapping's values in
+    column order, for a tuple still in its message, an old row split when
+    fed, and NULLs; it refuses unchanged TOAST values and unloadable ones."""
+    a = Assembler()
+    tx = one_tx(
+        a,
+        enc.relation(1, "s", "t", COLS),
+        enc.insert(1, ROW),
+        enc.insert(1, [b"2", None, b"[]"]),
+        enc.update(1, [b"3", b"7", "u"], [b"3", b"6", b'{"a": 1}'], b"O"),
+        enc.delete(1, [b"4", None, b"null"], b"O"),
+    )
+    full, nulls, update, delete = tx.changes
+    assert nulls.new._loaded() == (2, None, [])
+    for row in (full.new, nulls.new, update.old, delete.old):
+        assert row._loaded() == tuple(dict(row).values())
+    assert full.new._loaded() is None  # decoded as a mapping now: use it
+    assert update.new._loaded() is None  # "u": unchanged TOAST
+    assert update.new["j"] is UNCHANGED_TOAST
+    bad = inserted([b"1", b"not a number", b"{}"])
+    assert bad._loaded() is None
+    assert isinstance(bad["n"], RawValue)
