@@ -344,7 +344,16 @@ class Row(Mapping[str, Any]):
     comes back as a plain dict of its values.
     """
 
-    __slots__ = ("_buf", "_cache", "_cols", "_dict", "_pos", "_raw", "_toast")
+    __slots__ = (
+        "_buf",
+        "_cache",
+        "_cols",
+        "_dict",
+        "_pos",
+        "_raw",
+        "_toast",
+        "_tuple",
+    )
 
     def __init__(self, columns: Columns, buf: bytes | None, pos: int = 0):
         self._cols = columns
@@ -354,6 +363,7 @@ class Row(Mapping[str, Any]):
         self._toast = False  # UNCHANGED_TOAST among the values, once split
         self._cache: dict[str, Any] | None = None  # columns read one by one
         self._dict: dict[str, Any] | None = None  # every column, once read
+        self._tuple: tuple[Any, ...] | None = None  # every column, by position
 
     @classmethod
     def from_values(cls, columns: Columns, raw: list[Any]) -> Row:
@@ -385,6 +395,9 @@ class Row(Mapping[str, Any]):
         d = self._dict
         if d is not None:
             return d[key]
+        t = self._tuple
+        if t is not None:
+            return t[self._cols.index[key]]
         cache = self._cache
         if cache is not None and key in cache:
             return cache[key]
@@ -424,6 +437,10 @@ class Row(Mapping[str, Any]):
         if d is not None:
             return d
         cols = self._cols
+        t = self._tuple
+        if t is not None:
+            d = self._dict = dict(zip(cols.names, t, strict=True))
+            return d
         raw = self._raw
         if raw is None and (buf := self._buf) is not None:
             load_row = cols.row_loader
@@ -470,8 +487,8 @@ class Row(Mapping[str, Any]):
         decoded yet, has no unchanged TOAST value and every value loads;
         else None: use the mapping, which raises or falls back to RawValue
         as it does. Nothing is kept: the Row decodes again if it is read."""
-        if self._cache:
-            return None
+        if self._tuple is not None or self._cache:
+            return self._tuple
         cols = self._cols
         buf = self._buf
         if buf is not None:
@@ -542,13 +559,48 @@ class Row(Mapping[str, Any]):
                 return self._cols.index.keys()
         return d.keys()
 
+    def _all(self) -> tuple[Any, ...] | None:
+        """Every value by position, loaded in one straight line and kept,
+        when the row is still its message's bytes and no column was read
+        alone; else None (the mapping's general path)."""
+        t = self._tuple
+        if t is not None or self._cache or self._dict is not None:
+            return t
+        buf = self._buf
+        if buf is None:
+            return None
+        cols = self._cols
+        load = cols.tuple_loader
+        if load is None:
+            load = cols.tuple_loader = _tuple_loader(
+                len(cols.names), cols.transformer.load_sequence
+            )
+        try:
+            t = load(buf, self._pos)
+        except Exception:  # the general path raises or falls back
+            return None
+        if t is not None:
+            self._tuple = t  # before _buf is cleared: see _split()
+            self._buf = None
+        return t
+
     def values(self) -> ValuesView[Any]:
         d = self._dict
-        return (d if d is not None else self._values()).values()
+        if d is not None:
+            return d.values()
+        t = self._all()
+        if t is not None:
+            return _Values(self, t)
+        return self._values().values()
 
     def items(self) -> ItemsView[str, Any]:
         d = self._dict
-        return (d if d is not None else self._values()).items()
+        if d is not None:
+            return d.items()
+        t = self._all()
+        if t is not None:
+            return _Items(self, t)
+        return self._values().items()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Row):
@@ -566,3 +618,45 @@ class Row(Mapping[str, Any]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (dict, (self._values(),))
+
+
+class _Values(ValuesView[Any]):
+    """``Row.values()`` over the row's loaded tuple: no dict is built."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, row: Row, values: tuple[Any, ...]):
+        super().__init__(row)
+        self._values = values
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values
+
+    def __reversed__(self) -> Iterator[Any]:
+        return iter(self._values[::-1])
+
+
+class _Items(ItemsView[str, Any]):
+    """``Row.items()`` over the row's loaded tuple: no dict is built."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, row: Row, values: tuple[Any, ...]):
+        super().__init__(row)
+        self._names = row._cols.names
+        self._values = values
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return zip(self._names, self._values, strict=True)
+
+    def __reversed__(self) -> Iterator[tuple[str, Any]]:
+        return zip(self._names[::-1], self._values[::-1], strict=True)
+
+    def __len__(self) -> int:
+        return len(self._values)

@@ -398,3 +398,35 @@ def test_value_tuples_equal_the_mapping_or_are_refused() -> None:
     bad = inserted([b"1", b"not a number", b"{}"])
     assert bad._loaded() is None
     assert isinstance(bad["n"], RawValue)
+
+
+@pytest.mark.parametrize("view", ["values", "items"])
+def test_views_read_first_behave_as_a_dicts_views(view: str) -> None:
+    """values() and items() of a row not read yet load it in one go (no
+    dict); what follows behaves as on the dict of its values."""
+    expected = getattr(EXPECTED, view)()
+    row = inserted(ROW)
+    got = getattr(row, view)()
+    assert list(got) == list(expected) and len(got) == 3
+    assert list(reversed(got)) == list(reversed(expected))
+    if view == "items":
+        assert got == expected and expected == got
+        assert ("n", Decimal("12.50")) in got and ("n", 0) not in got
+    else:
+        assert Decimal("12.50") in got and 99 not in got
+    doc = row["j"]
+    doc["added"] = True  # the same object, whichever way it is read next
+    assert list(row.values())[2] is doc and dict(row)["j"] is doc
+    assert row == {**EXPECTED, "j": {"k": [1], "added": True}}
+    assert pickle.loads(pickle.dumps(row)) == dict(row)
+    with pytest.raises(KeyError, match="nope"):
+        row["nope"]
+
+
+def test_views_of_a_row_with_nulls_or_toast_take_the_general_path() -> None:
+    for raw, expected in (
+        ([b"1", None, b"{}"], {"id": 1, "n": None, "j": {}}),
+        ([b"1", b"2", "u"], {"id": 1, "n": Decimal(2), "j": UNCHANGED_TOAST}),
+    ):
+        assert list(inserted(raw).values()) == list(expected.values())
+        assert dict(inserted(raw).items()) == expected
