@@ -375,8 +375,8 @@ class Row(Mapping[str, Any]):
 
     def _split(self) -> list[Any] | None:
         """The values as sent; None if another thread decoded them all
-        meanwhile (then `_dict` is set: it is set before `_raw` is cleared,
-        as `_raw` is before `_buf`)."""
+        meanwhile (then `_dict` or `_tuple` is set: each is set before `_raw`
+        or `_buf` is cleared, as `_raw` is before `_buf`)."""
         buf = self._buf
         if buf is None:
             return self._raw
@@ -460,9 +460,12 @@ class Row(Mapping[str, Any]):
                 return d
         if raw is None:
             raw = self._split()
-            if raw is None:
+            if raw is None:  # another thread decoded the row meanwhile
                 d = self._dict
-                assert d is not None
+                if d is None:  # as a tuple (`_all`)
+                    t = self._tuple
+                    assert t is not None
+                    d = self._dict = dict(zip(cols.names, t, strict=True))
                 return d
         d = None
         if not self._toast:  # the row in one C call
@@ -484,9 +487,10 @@ class Row(Mapping[str, Any]):
 
     def _loaded(self) -> tuple[Any, ...] | None:
         """Every value in column order, NULL as None, when the row was not
-        decoded yet, has no unchanged TOAST value and every value loads;
-        else None: use the mapping, which raises or falls back to RawValue
-        as it does. Nothing is kept: the Row decodes again if it is read."""
+        decoded as a mapping yet, has no unchanged TOAST value and every
+        value loads; else None: use the mapping, which raises or falls back
+        to RawValue as it does. Nothing new is kept: a Row not read yet
+        decodes again if it is read."""
         if self._tuple is not None or self._cache:
             return self._tuple
         cols = self._cols
