@@ -204,7 +204,12 @@ class Watch:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pgsupervisor", "watch", *args],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "PYTHONFAULTHANDLER": "1",  # a hang shows its threads' stacks
+                **(env or {}),
+            },
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -236,7 +241,17 @@ class Watch:
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20) -> int:
         self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler: every stack
+            self.proc.wait(10)
+            for reader in self._readers:
+                reader.join(5)
+            raise AssertionError(
+                f"watch still ran {timeout} s after signal {sig}; its stderr:\n"
+                f"{self.stderr}"
+            ) from None
         for reader in self._readers:
             reader.join(timeout)
         return code
