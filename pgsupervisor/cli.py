@@ -254,6 +254,17 @@ def _state_dir(args: argparse.Namespace) -> Iterator[str | None]:
 
 def watch(args: argparse.Namespace) -> int:
     configure_logging(args, logging.WARNING)
+    # Ctrl-C stops the retries before streaming even when SIGINT came
+    # ignored (a background job of a shell without job control), as it
+    # stops the stream later.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _watch(args)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _watch(args: argparse.Namespace) -> int:
     names = (
         [t.strip() for t in args.tables.split(",") if t.strip()]
         if args.tables

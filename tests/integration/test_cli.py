@@ -295,6 +295,34 @@ def test_watch_on_a_refused_port_says_so_and_exits_1_on_ctrl_c() -> None:
     assert w.out == []
 
 
+def test_ctrl_c_stops_watch_started_with_sigint_ignored() -> None:
+    """A background job of a shell without job control starts with SIGINT
+    ignored; watch says "Ctrl-C to stop" and must mean it there too."""
+    from pgsupervisor.testing.cluster import free_port
+
+    dsn = f"host=127.0.0.1 port={free_port()} user=u dbname=d"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgsupervisor", "watch", dsn, "--slot", "s"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert "next in" in first, first
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1
+    assert "interrupted before streaming began" in rest
+
+
 def test_watch_waiting_for_the_lock_says_so_and_exits_1_if_it_never_streams(
     repl_db: tuple[str, str], tmp_path: Path
 ) -> None:
