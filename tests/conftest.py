@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Iterator
 
 import pytest
+
+# A run started in the background by a shell without job control inherits
+# SIGINT ignored, and every child would too: the tests that press Ctrl-C on
+# a subprocess need it delivered, as in a terminal. A handler (unlike
+# SIG_IGN) is not inherited across exec: children start with the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class AllRecords(logging.Handler):
