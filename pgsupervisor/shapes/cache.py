@@ -426,13 +426,7 @@ class ShapeCache:
                     if out is False:
                         continue
                     try:
-                        if out is None and op == "insert" and type(new) is tuple:
-                            layout = shape._layout  # no one listens: just store
-                            assert layout is not None
-                            if layout.matches(new):
-                                shape._rows[layout.key_of(new)] = layout.values_of(new)
-                        else:
-                            shape._take(op, new, old, out)
+                        shape._take(op, new, old, out)
                     except Invalidated as exc:
                         taking[shape] = False
                         self._invalidate(shape, str(exc))
