@@ -564,27 +564,15 @@ class Row(Mapping[str, Any]):
         return d.keys()
 
     def _all(self) -> tuple[Any, ...] | None:
-        """Every value by position, loaded in one straight line and kept,
-        when the row is still its message's bytes and no column was read
+        """Every value by position (`_loaded`), kept, when no column was read
         alone; else None (the mapping's general path)."""
         t = self._tuple
         if t is not None or self._cache or self._dict is not None:
             return t
-        buf = self._buf
-        if buf is None:
-            return None
-        cols = self._cols
-        load = cols.tuple_loader
-        if load is None:
-            load = cols.tuple_loader = _tuple_loader(
-                len(cols.names), cols.transformer.load_sequence
-            )
-        try:
-            t = load(buf, self._pos)
-        except Exception:  # the general path raises or falls back
-            return None
+        t = self._loaded()
         if t is not None:
-            self._tuple = t  # before _buf is cleared: see _split()
+            self._tuple = t  # before _raw and _buf are cleared: see _split()
+            self._raw = None
             self._buf = None
         return t
 

@@ -423,7 +423,7 @@ def test_views_read_first_behave_as_a_dicts_views(view: str) -> None:
         row["nope"]
 
 
-def test_views_of_a_row_with_nulls_or_toast_take_the_general_path() -> None:
+def test_views_of_a_row_with_nulls_or_unchanged_toast_give_its_values() -> None:
     for raw, expected in (
         ([b"1", None, b"{}"], {"id": 1, "n": None, "j": {}}),
         ([b"1", b"2", "u"], {"id": 1, "n": Decimal(2), "j": UNCHANGED_TOAST}),
