@@ -582,7 +582,7 @@ class Row(Mapping[str, Any]):
             return d.values()
         t = self._all()
         if t is not None:
-            return _Values(self, t)
+            return _Values(t)  # type: ignore[return-value]  # a registered view
         return self._values().values()
 
     def items(self) -> ItemsView[str, Any]:
@@ -612,26 +612,17 @@ class Row(Mapping[str, Any]):
         return (dict, (self._values(),))
 
 
-class _Values(ValuesView[Any]):
-    """``Row.values()`` over the row's loaded tuple: no dict is built."""
+class _Values(tuple[Any, ...]):
+    """``Row.values()`` of a row loaded as a tuple: that tuple, registered as
+    a `ValuesView`; made and iterated in C, with no dict built."""
 
-    __slots__ = ("_values",)
+    __slots__ = ()
 
-    def __init__(self, row: Row, values: tuple[Any, ...]):
-        super().__init__(row)
-        self._values = values
+    def __repr__(self) -> str:
+        return f"row_values({list(self)!r})"
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._values)
 
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._values
-
-    def __reversed__(self) -> Iterator[Any]:
-        return iter(self._values[::-1])
+ValuesView.register(_Values)
 
 
 class _Items(ItemsView[str, Any]):
@@ -640,7 +631,7 @@ class _Items(ItemsView[str, Any]):
     __slots__ = ("_names", "_values")
 
     def __init__(self, row: Row, values: tuple[Any, ...]):
-        super().__init__(row)
+        self._mapping = row  # ItemsView's, for `in`
         self._names = row._cols.names
         self._values = values
 

@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import pickle
 import types
+from collections.abc import ItemsView, ValuesView
 from decimal import Decimal
 from typing import Any
 
@@ -407,6 +408,7 @@ def test_views_read_first_behave_as_a_dicts_views(view: str) -> None:
     expected = getattr(EXPECTED, view)()
     row = inserted(ROW)
     got = getattr(row, view)()
+    assert isinstance(got, ValuesView if view == "values" else ItemsView)
     assert list(got) == list(expected) and len(got) == 3
     assert list(reversed(got)) == list(reversed(expected))
     if view == "items":
