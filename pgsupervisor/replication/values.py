@@ -461,12 +461,8 @@ class Row(Mapping[str, Any]):
         if raw is None:
             raw = self._split()
             if raw is None:  # another thread decoded the row meanwhile
-                d = self._dict
-                if d is None:  # as a tuple (`_all`)
-                    t = self._tuple
-                    assert t is not None
-                    d = self._dict = dict(zip(cols.names, t, strict=True))
-                return d
+                assert self._dict is not None or self._tuple is not None
+                return self._values()
         d = None
         if not self._toast:  # the row in one C call
             try:
@@ -567,13 +563,12 @@ class Row(Mapping[str, Any]):
         """Every value by position (`_loaded`), kept, when no column was read
         alone; else None (the mapping's general path)."""
         t = self._tuple
-        if t is not None or self._cache or self._dict is not None:
-            return t
-        t = self._loaded()
-        if t is not None:
-            self._tuple = t  # before _raw and _buf are cleared: see _split()
-            self._raw = None
-            self._buf = None
+        if t is None:
+            t = self._loaded()  # None once decoded as a mapping
+            if t is not None:
+                self._tuple = t  # before _raw and _buf are cleared: see _split()
+                self._raw = None
+                self._buf = None
         return t
 
     def values(self) -> ValuesView[Any]:
