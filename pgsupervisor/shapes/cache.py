@@ -81,7 +81,8 @@ class _Route:
         """The one index when every shape is in it (the tenant case)."""
         self.fast: tuple[int, dict[Any, set[Shape]]] | None = None
         """`single` by its column's position in the value tuples, when
-        `positional`."""
+        `positional`: each shape's whole clause is then that one equality
+        (a `Layout` is only made for it), so a shape found matches."""
 
     def set_relation(self, relation: Columns | None, positional: bool) -> None:
         """The stream's description of the table, and whether every shape
@@ -400,6 +401,7 @@ class ShapeCache:
                 op, new, old = sent.op, sent.new, sent.old
                 fast = route.fast
                 targets: Iterable[Shape]
+                direct = False
                 if (
                     fast is not None
                     and op == "insert"
@@ -410,6 +412,9 @@ class ShapeCache:
                     new = values
                     try:
                         targets = fast[1].get(values[fast[0]], ())
+                        # Found by the one equality that is each shape's
+                        # whole clause (`_Route.fast`): the row matches.
+                        direct = True
                     except TypeError:  # unhashable
                         targets = route.targets(values, None)
                 elif op == "truncate":
@@ -426,7 +431,11 @@ class ShapeCache:
                     if out is False:
                         continue
                     try:
-                        shape._take(op, new, old, out)
+                        if direct and out is None:  # tended below
+                            _, key_of, values_of = shape._layout  # type: ignore[misc]
+                            shape._rows.young[key_of(new)] = values_of(new)
+                        else:
+                            shape._take(op, new, old, out)
                     except Invalidated as exc:
                         taking[shape] = False
                         self._invalidate(shape, str(exc))
@@ -439,6 +448,9 @@ class ShapeCache:
             for shape, error in failed:
                 self._fail(shape, error)
             for shape, out in taking.items():
+                if out is False:
+                    continue
+                shape._rows.tend()
                 if out:
                     shape._unsent = (tx.end_lsn, out)
                     shape._sent_to = set()

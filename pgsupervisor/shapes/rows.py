@@ -13,24 +13,25 @@ So rows are written to a small young dict first and moved into the big one
 once the collector has untracked them: the big dict then stays untracked and
 no collection walks it. A row holding a value the collector keeps tracking
 (a ``uuid.UUID``, a jsonb dict, an array's list) can never be untracked: the
-first one seen ends the scheme for that store, whose young dict then simply
-grows, tracked, as any dict holding such rows would be.
+first one seen ends the scheme for that store, whose rows then all live in
+the young dict, tracked, as any dict holding such rows would be.
 """
 
 from __future__ import annotations
 
 import gc
 import itertools
+import operator
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-__all__ = ["RowStore"]
+__all__ = ["RowStore", "positions"]
 
 Key = tuple[Any, ...]
 Values = tuple[Any, ...]
 
-_YOUNG_LIMIT: Final = 16
+_YOUNG_LIMIT: Final = 32
 
 
 class RowStore:
@@ -38,32 +39,36 @@ class RowStore:
 
     A write goes to the young dict only, without looking into the big one:
     a key can then be in both, and the young dict's row is the current one
-    (settling overwrites the big dict's). Once the young dict can never
-    settle, writes remove the key from the big dict as they go.
+    (settling overwrites the big dict's). The young dict is `young`, the
+    same object for the store's life, so a hot loop may write into it
+    directly (at C speed) and call `tend` once after the batch.
     """
 
-    __slots__ = ("_forever", "_next", "_old", "_young")
+    __slots__ = ("_forever", "_next", "_old", "young")
 
     def __init__(self, rows: dict[Key, Values] | None = None) -> None:
         self._old: dict[Key, Values] = {} if rows is None else rows
-        self._young: dict[Key, Values] = {}
+        self.young: dict[Key, Values] = {}
         self._next = _YOUNG_LIMIT  # settle when the young dict grows past it
         self._forever = False  # a row the collector keeps tracking was seen
 
     def get(self, key: Key) -> Values | None:
-        values = self._young.get(key)
+        values = self.young.get(key)
         return self._old.get(key) if values is None else values
 
     def __setitem__(self, key: Key, values: Values) -> None:
-        young = self._young
+        young = self.young
         young[key] = values
         if len(young) > self._next:
             self._settle()
-        elif self._forever:
-            self._old.pop(key, None)
+
+    def tend(self) -> None:
+        """Settle if direct writes into `young` grew it past its limit."""
+        if len(self.young) > self._next:
+            self._settle()
 
     def pop(self, key: Key, default: Values | None = None) -> Values | None:
-        values = self._young.pop(key, None)
+        values = self.young.pop(key, None)
         older = self._old.pop(key, default)
         return older if values is None else values
 
@@ -72,35 +77,55 @@ class RowStore:
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._young or key in self._old
+        return key in self.young or key in self._old
 
     def __len__(self) -> int:
-        old, young = self._old, self._young
-        if self._forever:
-            return len(old) + len(young)
+        old, young = self._old, self.young
+        if not old:
+            return len(young)
         return len(old) + sum(1 for key in young if key not in old)
 
     def items(self) -> Iterator[tuple[Key, Values]]:
-        young = self._young
+        young = self.young
         older = ((k, v) for k, v in self._old.items() if k not in young)
         return itertools.chain(older, young.items())
 
     def _settle(self) -> None:
         """Move the rows the collector stopped tracking into the big dict.
         Rows it has not seen yet wait for the next settling, which comes
-        after as many writes again as are left waiting: amortized O(1)."""
-        old, tracked = self._old, gc.is_tracked
-        kept: dict[Key, Values] = {}
-        forever = self._forever
-        for key, values in self._young.items():
-            if not tracked(values) and not tracked(key):
-                old[key] = values
-                continue
-            kept[key] = values  # not seen by a collection yet, or never will
-            forever = forever or any(map(tracked, values)) or any(map(tracked, key))
-        if forever and not self._forever:
-            self._forever = True
-            for key in kept:  # from now on a key is in one dict only
-                old.pop(key, None)
-        self._young = kept
-        self._next = sys.maxsize if forever else max(_YOUNG_LIMIT, 2 * len(kept))
+        after as many writes again as are left waiting: amortized O(1).
+        The sorting and the move run in C: this is paid per row written."""
+        old, young = self._old, self.young
+        if not any(map(gc.is_tracked, young.values())) and not any(
+            map(gc.is_tracked, young)
+        ):  # the common case, all in C
+            old.update(young)
+            young.clear()
+            self._next = _YOUNG_LIMIT
+            return
+        keys = list(young)
+        tracked = map(
+            operator.or_, map(gc.is_tracked, young.values()), map(gc.is_tracked, keys)
+        )
+        settled = map(operator.not_, tracked)
+        moving = list(itertools.compress(keys, settled))
+        old.update(zip(moving, map(young.pop, moving), strict=True))
+        if any(any(map(gc.is_tracked, v + k)) for k, v in young.items()):
+            self._forever = True  # never untracked: keep every row in one dict
+            for key, values in old.items():
+                young.setdefault(key, values)
+            self._old = {}
+        limit = max(_YOUNG_LIMIT, 2 * len(young))
+        self._next = sys.maxsize if self._forever else limit
+
+
+def positions(at: tuple[int, ...]) -> Callable[[Values], Values]:
+    """A C-speed ``values -> tuple(values[i] for i in at)``: a slice when
+    the positions run in order (the tuple itself when they are all of it),
+    so even a one-column key costs no Python call."""
+    if at and at == tuple(range(at[0], at[0] + len(at))):
+        return operator.itemgetter(slice(at[0], at[0] + len(at)))
+    if len(at) == 1:
+        (i,) = at
+        return lambda values: (values[i],)
+    return operator.itemgetter(*at)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from ..replication.pgoutput import UNCHANGED_TOAST, Transaction
 from ..replication.values import Row
-from .rows import RowStore
+from .rows import RowStore, positions
 from .xid import PgSnapshot, after_snapshot, visible
 
 if TYPE_CHECKING:
@@ -124,11 +124,11 @@ class Plan:
 
         else:
             return None
-        if self.columns == names:
-            values_of: Callable[[tuple[Any, ...]], tuple[Any, ...]] = _same
-        else:
-            values_of = _getter(tuple(where[c] for c in self.columns))
-        return Layout(matches, _getter(tuple(where[c] for c in self.key)), values_of)
+        return Layout(
+            matches,
+            positions(tuple(where[c] for c in self.key)),
+            positions(tuple(where[c] for c in self.columns)),
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key_of", _getter(self.key))
@@ -153,10 +153,6 @@ class Layout(NamedTuple):
 
 def _always(row: Any) -> bool:
     return True
-
-
-def _same(values: tuple[Any, ...]) -> tuple[Any, ...]:
-    return values
 
 
 def _getter(names: tuple[Any, ...]) -> Callable[[Any], tuple[Any, ...]]:
@@ -418,11 +414,13 @@ class Shape:
             layout = self._layout
             assert layout is not None
             acc = layout
-        if op == "insert" and out is None:
+        if op == "update":
+            self._update(plan, acc, new, old, out)
+        elif op == "insert" and out is None:
             if acc.matches(new):
                 self._rows[acc.key_of(new)] = acc.values_of(new)
-            return
-        self._apply(plan, acc, op, new, old, out=out)
+        else:
+            self._apply(plan, acc, op, new, old, out=out)
 
     def _apply(
         self,
@@ -453,8 +451,6 @@ class Shape:
                 out.append(
                     ShapeChange("update", key, self._dict(values), self._dict(held))
                 )
-        elif op == "update":
-            self._update(plan, acc, new, old, out)
         elif op == "delete":
             if old is None or (acc is plan and any(c not in old for c in plan.key)):
                 raise Invalidated(

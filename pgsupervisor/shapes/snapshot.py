@@ -10,8 +10,6 @@ million-row shape never sits in memory twice.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -19,16 +17,10 @@ import psycopg
 from psycopg import sql
 
 from ..replication.lsn import parse_lsn
+from .rows import positions
 from .xid import PgSnapshot, parse_snapshot
 
 __all__ = ["Taken", "take"]
-
-
-def _getter(positions: tuple[int, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-    if len(positions) == 1:
-        (i,) = positions
-        return lambda values: (values[i],)
-    return operator.itemgetter(*positions)
 
 
 BATCH: Final = 10_000
@@ -62,7 +54,7 @@ def take(
         with conn.cursor(name="pgsupervisor_shape_snapshot") as cur:
             cur.itersize = BATCH
             cur.execute(query)
-            key_of = _getter(key_positions)
+            key_of = positions(key_positions)
             while batch := cur.fetchmany(BATCH):
                 for values in batch:
                     rows[key_of(values)] = (

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pgsupervisor.shapes.rows import RowStore
 
 _OPS = st.lists(
-    st.tuples(st.sampled_from(["set", "pop", "del"]), st.integers(0, 200)),
+    st.tuples(st.sampled_from(["set", "put", "pop", "del"]), st.integers(0, 200)),
     max_size=600,
 )
 
@@ -32,6 +32,11 @@ def test_behaves_as_a_dict(ops: list[tuple[str, int]], tracked: bool) -> None:
         if op == "set":
             value = uuid.UUID(int=n) if tracked else f"v{n}"
             store[key] = model[key] = (k, value)
+        elif op == "put":  # a hot loop's direct write, tended after its batch
+            value = uuid.UUID(int=n) if tracked else f"v{n}"
+            store.young[key] = model[key] = (k, value)
+            if n % 5 == 0:
+                store.tend()
         elif op == "pop":
             assert store.pop(key) == model.pop(key, None)
         elif key in model:
@@ -57,7 +62,7 @@ def test_the_big_dict_stays_out_of_the_collectors_walks() -> None:
             gc.collect(0)  # what allocations trigger anyway
     gc.collect()
     assert not gc.is_tracked(store._old)
-    assert len(store._young) < 1_000
+    assert len(store.young) < 1_000
     assert len(store) == 12_000
     assert len(store._old) > 11_000
     assert store.get((11_999,)) == _row(11_999)
@@ -72,3 +77,20 @@ def test_rows_the_collector_keeps_tracking_stay_correct() -> None:
     assert len(store) == 500
     assert store.get((499,)) == (499, uuid.UUID(int=499), {"json": [499]})
     assert store.pop((0,)) is not None and len(store) == 499
+
+
+def test_direct_writes_settle_when_tended() -> None:
+    store = RowStore({(k,): _row(k) for k in range(1_000)})
+    gc.collect()
+    young = store.young
+    for batch in range(100):
+        for k in range(1_000 + batch * 10, 1_010 + batch * 10):
+            store.young[(k,)] = _row(k)
+        gc.collect(0)
+        store.tend()
+    assert store.young is young  # the same dict for the store's life
+    assert len(young) < 100
+    gc.collect()
+    assert not gc.is_tracked(store._old)
+    assert len(store) == 2_000
+    assert dict(store.items()) == {(k,): _row(k) for k in range(2_000)}
