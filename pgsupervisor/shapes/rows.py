@@ -12,8 +12,9 @@ it whole.
 So rows are written to a small young dict first and moved into the big one
 once the collector has untracked them: the big dict then stays untracked and
 no collection walks it. A row holding a value the collector keeps tracking
-(a ``uuid.UUID``, a jsonb dict, an array's list) can never be untracked: the
-first one seen ends the scheme for that store, whose rows then all live in
+(a ``uuid.UUID``, a jsonb dict, an array's list) can never be untracked: it
+stays in the young dict, and once more of them wait there than the young
+dict's limit, the scheme ends for that store, whose rows then all live in
 the young dict, tracked, as any dict holding such rows would be.
 """
 
@@ -110,7 +111,11 @@ class RowStore:
         settled = map(operator.not_, tracked)
         moving = list(itertools.compress(keys, settled))
         old.update(zip(moving, map(young.pop, moving), strict=True))
-        if any(any(map(gc.is_tracked, v + k)) for k, v in young.items()):
+        if (
+            len(young) > _YOUNG_LIMIT  # not just the newest rows left
+            and sum(any(map(gc.is_tracked, v + k)) for k, v in young.items())
+            > _YOUNG_LIMIT
+        ):
             self._forever = True  # never untracked: keep every row in one dict
             for key, values in old.items():
                 young.setdefault(key, values)

@@ -94,3 +94,20 @@ def test_direct_writes_settle_when_tended() -> None:
     assert not gc.is_tracked(store._old)
     assert len(store) == 2_000
     assert dict(store.items()) == {(k,): _row(k) for k in range(2_000)}
+
+
+def test_a_few_rows_the_collector_keeps_tracking_wait_in_the_young_dict() -> None:
+    """They stay young; the other rows still settle out of the collector's
+    walks."""
+    store = RowStore({(k,): _row(k) for k in range(1_000)})
+    for k in range(1_000, 3_000):
+        store[(k,)] = (k, uuid.UUID(int=k)) if k % 500 == 0 else _row(k)
+        if k % 100 == 0:
+            gc.collect(0)
+    gc.collect()
+    store.tend()
+    assert not gc.is_tracked(store._old)
+    assert len(store.young) < 200  # of the 2,000 written
+    assert len(store) == 3_000
+    assert store.get((1_500,)) == (1_500, uuid.UUID(int=1_500))
+    assert store.get((1_501,)) == _row(1_501)
