@@ -128,9 +128,8 @@ def positions(at: tuple[int, ...]) -> Callable[[Values], Values]:
     """A C-speed ``values -> tuple(values[i] for i in at)``: a slice when
     the positions run in order (the tuple itself when they are all of it),
     so even a one-column key costs no Python call."""
-    if at and at == tuple(range(at[0], at[0] + len(at))):
+    if not at:
+        return lambda values: ()
+    if at == tuple(range(at[0], at[0] + len(at))):
         return operator.itemgetter(slice(at[0], at[0] + len(at)))
-    if len(at) == 1:
-        (i,) = at
-        return lambda values: (values[i],)
-    return operator.itemgetter(*at)
+    return operator.itemgetter(*at)  # two or more: a tuple

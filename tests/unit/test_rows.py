@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgsupervisor.shapes.rows import RowStore
+from pgsupervisor.shapes.rows import RowStore, positions
 
 _OPS = st.lists(
     st.tuples(st.sampled_from(["set", "put", "pop", "del"]), st.integers(0, 200)),
@@ -111,3 +111,10 @@ def test_a_few_rows_the_collector_keeps_tracking_wait_in_the_young_dict() -> Non
     assert len(store) == 3_000
     assert store.get((1_500,)) == (1_500, uuid.UUID(int=1_500))
     assert store.get((1_501,)) == _row(1_501)
+
+
+def test_positions_reads_value_tuples_as_a_comprehension_would() -> None:
+    values = (10, "a", None, 2.5, "b")
+    for at in [(), (0,), (3,), (1, 2), (4, 0), (0, 1, 2, 3, 4), (2, 2)]:
+        assert positions(at)(values) == tuple(values[i] for i in at)
+    assert positions((0, 1, 2, 3, 4))(values) is values  # no copy
