@@ -11,6 +11,11 @@ transaction until the backlog is in the WAL, then times the drain. The
 ratio (with shapes / without) is the cost of routing and applying; the goal
 is >= 0.5. The shapes are checked against the server at the end.
 
+``routing``: the cache's receiver alone, no server: the same kind of
+changes built in memory, as the stream's rows (decoded by the cache) and
+as dicts, CPU time per form. Quieter than ``stream``, so the one to compare
+changes to the cache with.
+
 ``snapshot``: a process builds one shape over a table of --rows rows (no
 WHERE) and reports the time to live and its peak RSS over its baseline,
 next to a plain psycopg ``fetchall()`` of the same rows in another process.
@@ -20,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import gc
 import logging
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -30,7 +37,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -38,6 +45,7 @@ import psycopg
 
 from pgsupervisor import Manager, signals
 from pgsupervisor.replication.pgoutput import Change, Transaction
+from pgsupervisor.replication.values import Columns, Row
 from pgsupervisor.shapes.cache import ShapeCache
 from pgsupervisor.shapes.catalog import ColumnInfo, TableInfo
 from pgsupervisor.shapes.shape import Plan, Shape
@@ -235,11 +243,43 @@ def rates_order(round_: int, tenants: int) -> list[tuple[str, int]]:
     return runs if round_ % 2 == 0 else runs[::-1]
 
 
-def bench_routing(tenants: int) -> None:
-    """The cache's ``transaction`` receiver alone, on decoded transactions
-    built in memory (no server, no decoding): what routing and applying cost
-    per change, with a real compiled clause per shape."""
+def bench_routing(tenants: int, rounds: int) -> None:
+    """The cache's ``transaction`` receiver alone (no server, no stream):
+    what routing and applying cost per change, with a real compiled clause
+    per shape. The changes are built in memory either as the stream hands
+    them over (rows of text TupleData, decoded by the cache through
+    psycopg's loaders, on the tenant fast path) or as plain dicts (already
+    decoded, the general path); the two forms alternate."""
+    rates: dict[str, list[float]] = {"stream rows": [], "dicts": []}
+    total = 0
+    for round_ in range(rounds):
+        forms = list(rates) if round_ % 2 == 0 else list(rates)[::-1]
+        for form in forms:
+            cache = _routing_cache(tenants)
+            txs = _routing_changes(tenants, as_rows=form == "stream rows")
+            total = sum(len(tx.changes) for tx in txs)
+            gc.collect()
+            started = time.thread_time()
+            for tx in txs:
+                cache._on_transaction(None, transaction=tx)
+            rates[form].append(total / (time.thread_time() - started))
+    print(
+        f"routing: the shape cache alone, {tenants} shapes, {total:,} changes"
+        f" (100k inserts in 100-row transactions, 20k one-row updates),"
+        f" CPU time, median of {rounds} alternating rounds:"
+    )
+    for form, values in rates.items():
+        print(
+            f"  {form:<12} {statistics.median(values):,.0f} changes/s"
+            f" ({min(values):,.0f}-{max(values):,.0f})"
+        )
 
+
+_ROUTING_COLUMNS: Final = ("id", "tenant", "payload", "n")
+_PER_TENANT: Final = 20
+
+
+def _routing_cache(tenants: int) -> ShapeCache:
     def column(name: str, oid: int, type_name: str, base: str) -> ColumnInfo:
         return ColumnInfo(name, oid, type_name, oid, None, None, True, base)
 
@@ -256,53 +296,64 @@ def bench_routing(tenants: int) -> None:
         ("id",),
         "f",
     )
-    names = tuple(info.columns)
     cache = ShapeCache(_Standalone())  # type: ignore[arg-type]
-    per_tenant = 20
     for t in range(tenants):
         where = compile_where("tenant = $1", [t], info)
         plan = Plan(
-            "public", "events", ("id",), names, frozenset(names), where.matcher(),
+            "public", "events", ("id",), _ROUTING_COLUMNS,
+            frozenset(_ROUTING_COLUMNS), where.matcher(),
             tuple(where.equalities.items()), where.columns,
             exact=where.exact_equality, unfiltered=where.unfiltered,
         )  # fmt: skip
         shape = Shape(cache, "events", where="tenant = $1", params=[t])
         rows = {
             (i,): (i, t, f"payload {i}", i % 97)
-            for i in range(t * per_tenant, (t + 1) * per_tenant)
+            for i in range(t * _PER_TENANT, (t + 1) * _PER_TENANT)
         }
         with cache.lock:
             handle = shape._subscribe(plan)
             cache._route(shape, plan)
             shape._install(handle, rows, PgSnapshot(1, 1, frozenset()), 1)
+    return cache
+
+
+def _routing_changes(tenants: int, *, as_rows: bool) -> list[Transaction]:
+    """100k inserts in 100-row transactions, then 20k one-row updates that
+    move a row to the next tenant; rows as the stream's `Row` over text
+    TupleData (*as_rows*), else dicts."""
+    relation = Columns(
+        "public", "events", _ROUTING_COLUMNS, (20, 23, 25, 23), (20, 23, 25, 23),
+        context=None,
+    )  # fmt: skip
+
+    def row(values: tuple[Any, ...]) -> Any:
+        if not as_rows:
+            return dict(zip(_ROUTING_COLUMNS, values, strict=True))
+        data = [str(v).encode() for v in values]
+        buf = struct.pack("!H", len(data)) + b"".join(
+            b"t" + struct.pack("!I", len(d)) + d for d in data
+        )
+        return Row(relation, buf, 0)
+
     now = datetime.now(timezone.utc)
     txs = []
-    lsn, next_id = 100, tenants * per_tenant
-    for _ in range(1000):  # 100k inserts in 100-row transactions
+    lsn, next_id = 100, tenants * _PER_TENANT
+    for _ in range(1000):
         changes = []
         for _ in range(100):
-            row = {"id": next_id, "tenant": next_id % tenants, "payload": "p", "n": 1}
-            changes.append(Change("insert", "public", "events", row, None))
+            new = row((next_id, next_id % tenants, "p", 1))
+            changes.append(Change("insert", "public", "events", new, None))
             next_id += 1
         lsn += 10
         txs.append(Transaction(lsn, lsn - 1, lsn, now, changes))
-    for k in range(20_000):  # one-row updates that move a row to the next tenant
+    for k in range(20_000):
         i = (k * 7919) % next_id
-        old = {"id": i, "tenant": i % tenants, "payload": "p", "n": 1}
-        new = {**old, "tenant": (i + 1) % tenants, "n": 2}
+        old = row((i, i % tenants, "p", 1))
+        new = row((i, (i + 1) % tenants, "p", 2))
         lsn += 10
         change = Change("update", "public", "events", new, old)
         txs.append(Transaction(lsn, lsn - 1, lsn, now, [change]))
-    total = sum(len(tx.changes) for tx in txs)
-    started = time.perf_counter()
-    for tx in txs:
-        cache._on_transaction(None, transaction=tx)
-    took = time.perf_counter() - started
-    print(
-        f"routing: the shape cache alone, {tenants} shapes, {total:,} changes"
-        f" (100k inserts in 100-row transactions, 20k one-row updates):"
-        f" {took:.2f} s, {total / took:,.0f} changes/s"
-    )
+    return txs
 
 
 class _Standalone:
@@ -402,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if "routing" not in args.skip:
-        bench_routing(args.shapes)
+        bench_routing(args.shapes, args.rounds)
     with (
         tempfile.TemporaryDirectory(prefix="pgsupervisor-bench-shapes-") as tmp,
         Cluster(
