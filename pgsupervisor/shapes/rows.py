@@ -40,9 +40,8 @@ class RowStore:
 
     A write goes to the young dict only, without looking into the big one:
     a key can then be in both, and the young dict's row is the current one
-    (settling overwrites the big dict's). The young dict is `young`, the
-    same object for the store's life, so a hot loop may write into it
-    directly (at C speed) and call `tend` once after the batch.
+    (settling overwrites the big dict's). A hot loop may write into
+    `young` directly (at C speed) and call `tend` once after the batch.
     """
 
     __slots__ = ("_forever", "_next", "_old", "young")
@@ -94,28 +93,18 @@ class RowStore:
     def _settle(self) -> None:
         """Move the rows the collector stopped tracking into the big dict.
         Rows it has not seen yet wait for the next settling, which comes
-        after as many writes again as are left waiting: amortized O(1).
-        The sorting and the move run in C: this is paid per row written."""
-        old, young = self._old, self.young
-        if not any(map(gc.is_tracked, young.values())) and not any(
-            map(gc.is_tracked, young)
-        ):  # the common case, all in C
-            old.update(young)
-            young.clear()
-            self._next = _YOUNG_LIMIT
-            return
-        keys = list(young)
-        tracked = map(
-            operator.or_, map(gc.is_tracked, young.values()), map(gc.is_tracked, keys)
-        )
-        settled = map(operator.not_, tracked)
-        moving = list(itertools.compress(keys, settled))
-        old.update(zip(moving, map(young.pop, moving), strict=True))
-        if (
-            len(young) > _YOUNG_LIMIT  # not just the newest rows left
-            and sum(any(map(gc.is_tracked, v + k)) for k, v in young.items())
-            > _YOUNG_LIMIT
-        ):
+        after as many writes again as are left waiting: amortized O(1)."""
+        old, tracked = self._old, gc.is_tracked
+        young: dict[Key, Values] = {}
+        waiting = 0
+        for key, values in self.young.items():
+            if not tracked(values) and not tracked(key):
+                old[key] = values
+                continue
+            young[key] = values  # not seen by a collection yet, or never will
+            waiting += any(map(tracked, values)) or any(map(tracked, key))
+        self.young = young
+        if waiting > _YOUNG_LIMIT:
             self._forever = True  # never untracked: keep every row in one dict
             for key, values in old.items():
                 young.setdefault(key, values)
