@@ -50,7 +50,7 @@ class RowStore:
         self._old: dict[Key, Values] = {} if rows is None else rows
         self.young: dict[Key, Values] = {}
         self._next = _YOUNG_LIMIT  # settle when the young dict grows past it
-        self._forever = False  # a row the collector keeps tracking was seen
+        self._forever = False  # too many rows the collector keeps tracking
 
     def get(self, key: Key) -> Values | None:
         values = self.young.get(key)
