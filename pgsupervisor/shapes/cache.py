@@ -431,7 +431,9 @@ class ShapeCache:
                     if out is False:
                         continue
                     try:
-                        if direct and out is None:  # tended below
+                        if direct and out is None:
+                            # `_take`'s insert without its calls, on the
+                            # busiest path (tended below).
                             _, key_of, values_of = shape._layout  # type: ignore[misc]
                             shape._rows.young[key_of(new)] = values_of(new)
                         else:
