@@ -29,7 +29,6 @@ import gc
 import logging
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from pgsupervisor.shapes.shape import Plan, Shape
 from pgsupervisor.shapes.where import compile_where
 from pgsupervisor.shapes.xid import PgSnapshot
 from pgsupervisor.testing.cluster import Cluster
+from tests.unit.pgoutput_encoder import tuple_data
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLICATION = "bench_shapes_pub"
@@ -329,11 +329,7 @@ def _routing_changes(tenants: int, *, as_rows: bool) -> list[Transaction]:
     def row(values: tuple[Any, ...]) -> Any:
         if not as_rows:
             return dict(zip(_ROUTING_COLUMNS, values, strict=True))
-        data = [str(v).encode() for v in values]
-        buf = struct.pack("!H", len(data)) + b"".join(
-            b"t" + struct.pack("!I", len(d)) + d for d in data
-        )
-        return Row(relation, buf, 0)
+        return Row(relation, tuple_data([str(v).encode() for v in values]), 0)
 
     now = datetime.now(timezone.utc)
     txs = []
