@@ -156,7 +156,8 @@ def _always(row: Any) -> bool:
 
 
 def _getter(names: tuple[Any, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    """A C-speed ``row -> tuple(row[n] for n in names)`` (names or positions)."""
+    """``row -> tuple(row[n] for n in names)`` on a row mapping (value
+    tuples use `rows.positions`)."""
     if len(names) == 1:
         (name,) = names
         return lambda row: (row[name],)
