@@ -35,6 +35,7 @@ from psycopg import pq
 from psycopg.abc import AdaptContext
 from psycopg.adapt import AdaptersMap, Transformer
 
+from .. import native
 from ..errors import PgSupervisorError
 
 __all__ = ["UNCHANGED_TOAST", "Columns", "DecodeError", "RawValue", "Row", "Session"]
@@ -298,7 +299,17 @@ def _tuple_loader(
     ncols: int, load: Callable[[list[Any]], tuple[Any, ...]]
 ) -> TupleLoader:
     """`_row_loader`, returning the values as the loader gives them: a tuple
-    in column order, for consumers that hold rows positionally."""
+    in column order, for consumers that hold rows positionally. The C
+    extension's `load_text` when it is built: the same, except that it
+    returns None for a malformed tuple where `_py_tuple_loader` may raise."""
+    if native.load_text is not None:
+        return functools.partial(native.load_text, ncols, load)
+    return _py_tuple_loader(ncols, load)
+
+
+def _py_tuple_loader(
+    ncols: int, load: Callable[[list[Any]], tuple[Any, ...]]
+) -> TupleLoader:
     namespace = {"u32": _U32, "len": len, "load": load}
     loader: TupleLoader = types.FunctionType(_row_loader_code(ncols, True), namespace)
     return loader

@@ -34,6 +34,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from .. import signals
+from ..native import route_changes as _route_changes
 from ..replication.pgoutput import Change, Transaction
 from ..replication.values import Columns, Row
 from ..status import Status
@@ -60,6 +61,7 @@ class _Route:
         "columns",
         "fast",
         "index",
+        "members",
         "plain",
         "positional",
         "positions",
@@ -77,12 +79,15 @@ class _Route:
         self.shapes: set[Shape] = set()
         self.plain: set[Shape] = set()
         self.index: dict[str, dict[Any, set[Shape]]] = {}
+        self.members: dict[str, dict[Any, tuple[Shape, ...]]] = {}
+        """`index` with tuples: what the C twin iterates without a copy."""
         self.single: tuple[str, dict[Any, set[Shape]]] | None = None
         """The one index when every shape is in it (the tenant case)."""
-        self.fast: tuple[int, dict[Any, set[Shape]]] | None = None
-        """`single` by its column's position in the value tuples, when
-        `positional`: each shape's whole clause is then that one equality
-        (a `Layout` is only made for it), so a shape found matches."""
+        self.fast: tuple[int, dict[Any, tuple[Shape, ...]]] | None = None
+        """`single` (as `members`) by its column's position in the value
+        tuples, when `positional`: each shape's whole clause is then that
+        one equality (a `Layout` is only made for it), so a shape found
+        matches."""
 
     def set_relation(self, relation: Columns | None, positional: bool) -> None:
         """The stream's description of the table, and whether every shape
@@ -100,18 +105,20 @@ class _Route:
             self.positional = False
         self.fast = None
         if self.positional and self.single is not None:
-            column, by_value = self.single
+            column = self.single[0]
             at = self.positions.get(column)
             if at is not None:
-                self.fast = (at, by_value)
+                self.fast = (at, self.members[column])
 
     def add(self, shape: Shape, plan: Plan) -> tuple[str, Any] | None:
         self.shapes.add(shape)
         for column, value in plan.equalities:
             try:
-                self.index.setdefault(column, {}).setdefault(value, set()).add(shape)
+                members = self.index.setdefault(column, {}).setdefault(value, set())
             except TypeError:  # unhashable (json, arrays): try the next one
                 continue
+            members.add(shape)
+            self.members.setdefault(column, {})[value] = tuple(members)
             self._indexed()
             return (column, value)
         self.plain.add(shape)
@@ -127,10 +134,13 @@ class _Route:
             members = by_value.get(value)
             if members is not None:
                 members.discard(shape)
+                self.members[column][value] = tuple(members)
                 if not members:
                     del by_value[value]
+                    del self.members[column][value]
             if not by_value:
                 self.index.pop(column, None)
+                self.members.pop(column, None)
         self._indexed()
 
     def targets(self, new: Any, old: Any) -> Iterable[Shape]:
@@ -394,12 +404,33 @@ class ShapeCache:
             routes = self._routes
             new: Any
             old: Any
-            for sent in tx.changes:
+            loose: set[Shape] = set()  # written into directly, to tend
+            changes = tx.changes
+            i = -1
+            while (i := i + 1) < len(changes):
+                sent = changes[i]
                 route = routes.get((sent.schema, sent.table))
                 if route is None:
                     continue
                 op, new, old = sent.op, sent.new, sent.old
                 fast = route.fast
+                if (
+                    fast is not None
+                    and _route_changes is not None
+                    and op in ("insert", "update")
+                ):  # the C twin of the tenant paths below, up to a change
+                    # it leaves to them (one it cannot decide, or that has
+                    # a ShapeChange to build)
+                    relation = route.relation
+                    assert relation is not None
+                    after = _route_changes(
+                        changes, i, Row, relation, relation.ncols,
+                        relation.transformer.load_sequence, fast[0], fast[1],
+                        taking, tx, anyone, listening,
+                    )  # fmt: skip
+                    if after > i:
+                        i = after - 1
+                        continue
                 targets: Iterable[Shape]
                 direct = False
                 if (
@@ -436,6 +467,7 @@ class ShapeCache:
                             # busiest path (tended below).
                             _, key_of, values_of = shape._layout  # type: ignore[misc]
                             shape._rows.young[key_of(new)] = values_of(new)
+                            loose.add(shape)
                         else:
                             shape._take(op, new, old, out)
                     except Invalidated as exc:
@@ -449,10 +481,9 @@ class ShapeCache:
                         failed.append((shape, exc))  # not while iterating its route
             for shape, error in failed:
                 self._fail(shape, error)
-            for shape, out in taking.items():
-                if out is False:
-                    continue
+            for shape in loose:
                 shape._rows.tend()
+            for shape, out in taking.items():
                 if out:
                     shape._unsent = (tx.end_lsn, out)
                     shape._sent_to = set()

@@ -27,7 +27,9 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-__all__ = ["RowStore", "positions"]
+from .. import native
+
+__all__ = ["RowStore", "positions", "settle_pass"]
 
 Key = tuple[Any, ...]
 Values = tuple[Any, ...]
@@ -94,23 +96,34 @@ class RowStore:
         """Move the rows the collector stopped tracking into the big dict.
         Rows it has not seen yet wait for the next settling, which comes
         after as many writes again as are left waiting: amortized O(1)."""
-        old, tracked = self._old, gc.is_tracked
-        young: dict[Key, Values] = {}
-        waiting = 0
-        for key, values in self.young.items():
-            if not tracked(values) and not tracked(key):
-                old[key] = values
-                continue
-            young[key] = values  # not seen by a collection yet, or never will
-            waiting += any(map(tracked, values)) or any(map(tracked, key))
+        settle = native.settle or settle_pass
+        young, waiting = settle(self.young, self._old)
         self.young = young
         if waiting > _YOUNG_LIMIT:
             self._forever = True  # never untracked: keep every row in one dict
-            for key, values in old.items():
+            for key, values in self._old.items():
                 young.setdefault(key, values)
             self._old = {}
         limit = max(_YOUNG_LIMIT, 2 * len(young))
         self._next = sys.maxsize if self._forever else limit
+
+
+def settle_pass(
+    young: dict[Key, Values], old: dict[Key, Values]
+) -> tuple[dict[Key, Values], int]:
+    """Move the rows of *young* the collector stopped tracking (row and key)
+    into *old*; return the others, in a new dict, and how many of them hold
+    a value it tracks (the C extension's `settle` is its twin)."""
+    tracked = gc.is_tracked
+    left: dict[Key, Values] = {}
+    waiting = 0
+    for key, values in young.items():
+        if not tracked(values) and not tracked(key):
+            old[key] = values
+            continue
+        left[key] = values  # not seen by a collection yet, or never will
+        waiting += any(map(tracked, values)) or any(map(tracked, key))
+    return left, waiting
 
 
 def positions(at: tuple[int, ...]) -> Callable[[Values], Values]:
