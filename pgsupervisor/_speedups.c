@@ -54,11 +54,19 @@ static struct {
     Py_ssize_t offset;   /* 0: not a plain slot */
 } slot_cache[NAMES];
 
-static Py_ssize_t
+static Py_ssize_t slot_lookup(PyTypeObject *type, int name);
+
+static inline Py_ssize_t
 slot_offset(PyTypeObject *type, int name)
 {
     if (slot_cache[name].type == type)
         return slot_cache[name].offset;
+    return slot_lookup(type, name);
+}
+
+static Py_ssize_t
+slot_lookup(PyTypeObject *type, int name)
+{
     Py_ssize_t offset = 0;
     PyObject *descr = PyObject_GetAttr((PyObject *)type, names[name]);
     if (descr == NULL)
@@ -75,7 +83,7 @@ slot_offset(PyTypeObject *type, int name)
 }
 
 /* getattr(obj, name), a new reference; NULL with an exception if unset. */
-static PyObject *
+static inline PyObject *
 get(PyObject *obj, int name)
 {
     Py_ssize_t offset = slot_offset(Py_TYPE(obj), name);
@@ -85,6 +93,18 @@ get(PyObject *obj, int name)
             return Py_NewRef(value);
     }
     return PyObject_GetAttr(obj, names[name]);
+}
+
+/* setattr(obj, name, value). */
+static inline int
+set(PyObject *obj, int name, PyObject *value)
+{
+    Py_ssize_t offset = slot_offset(Py_TYPE(obj), name);
+    if (offset > 0) {
+        Py_XSETREF(*(PyObject **)((char *)obj + offset), Py_NewRef(value));
+        return 0;
+    }
+    return PyObject_SetAttr(obj, names[name], value);
 }
 
 /* The TupleData at *pos* of *data* split into a list of bytes, one per
@@ -257,8 +277,8 @@ open_quiet(Route *r, PyObject *shape)
     if (attr == NULL)
         goto done;
     int later = PyObject_RichCompareBool(r->end_lsn, attr, Py_GT);
-    if (later < 0 || PyObject_SetAttr(shape, names[S_APPLIED_LSN], r->end_lsn) < 0 ||
-        (later && PyObject_SetAttr(shape, names[S_OFFSET], r->end_lsn) < 0))
+    if (later < 0 || set(shape, S_APPLIED_LSN, r->end_lsn) < 0 ||
+        (later && set(shape, S_OFFSET, r->end_lsn) < 0))
         goto done;
     out = Py_NewRef(Py_None);
 done:

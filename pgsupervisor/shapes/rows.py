@@ -20,6 +20,7 @@ the young dict, tracked, as any dict holding such rows would be.
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import operator
@@ -126,10 +127,12 @@ def settle_pass(
     return left, waiting
 
 
+@functools.lru_cache(maxsize=1024)
 def positions(at: tuple[int, ...]) -> Callable[[Values], Values]:
     """A C-speed ``values -> tuple(values[i] for i in at)``: a slice when
     the positions run in order (the tuple itself when they are all of it),
-    so even a one-column key costs no Python call."""
+    so even a one-column key costs no Python call. One per *at*, shared by
+    the shapes that read the same positions."""
     if not at:
         return lambda values: ()
     if at == tuple(range(at[0], at[0] + len(at))):

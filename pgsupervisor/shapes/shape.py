@@ -14,6 +14,7 @@ underscore methods with the lock held.
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import threading
@@ -134,7 +135,9 @@ class Plan:
         object.__setattr__(self, "key_of", _getter(self.key))
         object.__setattr__(self, "values_of", _getter(self.columns))
         needed = self.reads | frozenset(self.columns) | frozenset(self.key)
-        object.__setattr__(self, "needed", needed)
+        object.__setattr__(self, "needed", _shared(needed))
+        for name in ("table_columns", "reads", "column_types"):
+            object.__setattr__(self, name, _shared(getattr(self, name)))
         selected = self.columns + tuple(c for c in self.key if c not in self.columns)
         object.__setattr__(self, "selected", selected)
         positions = tuple(selected.index(c) for c in self.key)
@@ -155,6 +158,14 @@ def _always(row: Any) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1024)
+def _shared(value: Any) -> Any:
+    """The first of the equal *value*s seen: a thousand plans of one table
+    hold one set of its columns, not a thousand the collector walks."""
+    return value
+
+
+@functools.lru_cache(maxsize=1024)
 def _getter(names: tuple[Any, ...]) -> Callable[[Any], tuple[Any, ...]]:
     """``row -> tuple(row[n] for n in names)`` on a row mapping (value
     tuples use `rows.positions`)."""
@@ -179,6 +190,34 @@ class Shape:
     ``shape_changed`` fires, it equals the query's answer as of that
     transaction's commit.
     """
+
+    # Declared, so the C extension reads them from their slots; __dict__
+    # keeps the instance open to attributes of an application's own.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_applied_lsn",
+        "_buffer",
+        "_cache",
+        "_changed",
+        "_filtering",
+        "_handle",
+        "_layout",
+        "_lock",
+        "_offset",
+        "_plan",
+        "_rows",
+        "_sent_to",
+        "_snapshot",
+        "_status",
+        "_unsent",
+        "columns",
+        "error",
+        "params",
+        "set_replica_identity",
+        "table",
+        "where",
+    )
 
     def __init__(
         self,
