@@ -16,6 +16,9 @@ changes built in memory, as the stream's rows (decoded by the cache) and
 as dicts, CPU time per form. Quieter than ``stream``, so the one to compare
 changes to the cache with.
 
+The cache's tenant paths run in the C extension when it is built; set
+``PGSUPERVISOR_PURE_PYTHON=1`` to measure their pure-Python twins.
+
 ``snapshot``: a process builds one shape over a table of --rows rows (no
 WHERE) and reports the time to live and its peak RSS over its baseline,
 next to a plain psycopg ``fetchall()`` of the same rows in another process.
@@ -42,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
 
-from pgsupervisor import Manager, signals
+from pgsupervisor import Manager, native, signals
 from pgsupervisor.replication.pgoutput import Change, Transaction
 from pgsupervisor.replication.values import Columns, Row
 from pgsupervisor.shapes.cache import ShapeCache
@@ -448,6 +451,14 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    print(
+        "shape cache: "
+        + (
+            "C extension (pgsupervisor._speedups)"
+            if native.route_changes is not None
+            else "pure Python (extension not built, or PGSUPERVISOR_PURE_PYTHON set)"
+        )
+    )
     if "routing" not in args.skip:
         bench_routing(args.shapes, args.rounds)
     with (

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 import zipfile
 from pathlib import Path
@@ -95,6 +96,10 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     for package in packaged:
         assert f"{package.replace('.', '/')}/__init__.py" in names, package
     assert "pgsupervisor/py.typed" in names
+    assert "pgsupervisor/_speedups.pyi" in names
+    compiled = [n for n in names if n.startswith("pgsupervisor/_speedups.")]
+    if shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]):
+        assert any(n.endswith((".so", ".pyd")) for n in compiled), compiled
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     built = time.monotonic()
 
@@ -142,6 +147,12 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
         outside,
         venv_env,
     )
+    native = check(
+        [str(python), "-c", "from pgsupervisor import native; print(native.settle)"],
+        outside,
+        venv_env,
+    )
+    assert ("built-in" in native) == any(n.endswith(".so") for n in compiled), native
 
     demo = check(["pgsupervisor", "demo"], outside, venv_env)
     assert " 0 lost, 0 delivered twice" in demo
