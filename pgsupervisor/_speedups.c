@@ -39,6 +39,7 @@ enum {
     S_END_LSN,
     S_NEXT,
     S_SETTLE,
+    S_FOREVER,
     NAMES
 };
 static PyObject *names[NAMES];
@@ -343,7 +344,7 @@ held_clear(Held *h)
 }
 
 static int
-held_of(PyObject *shape, Held *h, int with_old)
+held_of(PyObject *shape, Held *h)
 {
     h->layout = get(shape, S_LAYOUT);
     if (h->layout == NULL || !PyTuple_Check(h->layout) ||
@@ -353,8 +354,7 @@ held_of(PyObject *shape, Held *h, int with_old)
         (h->young = get(h->rows, S_YOUNG)) == NULL ||
         !PyDict_CheckExact(h->young))
         return -1;
-    if (with_old && ((h->old = get(h->rows, S_OLD_ROWS)) == NULL ||
-                     !PyDict_CheckExact(h->old)))
+    if ((h->old = get(h->rows, S_OLD_ROWS)) == NULL || !PyDict_CheckExact(h->old))
         return -1;
     return 0;
 }
@@ -371,11 +371,45 @@ values_of(Held *h, PyObject *values)
     return PyObject_CallOneArg(PyTuple_GET_ITEM(h->layout, 2), values);
 }
 
-/* `RowStore.__setitem__`: write into the young dict, settle past its
- * limit. */
+/* Whether the collector may stop tracking *tuple*: it holds no object it
+ * tracks or may track (`_PyTuple_MaybeUntrack`'s test, made now instead
+ * of at the tuple's first collection). */
+static int
+untrackable(PyObject *tuple)
+{
+    if (!PyTuple_CheckExact(tuple))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); i++) {
+        PyObject *item = PyTuple_GET_ITEM(tuple, i);
+        if (PyObject_IS_GC(item) &&
+            (!PyTuple_CheckExact(item) || PyObject_GC_IsTracked(item)))
+            return 0;
+    }
+    return 1;
+}
+
+/* `RowStore.__setitem__`. A row and key of atomic values are untracked
+ * and go straight into the big dict, which stays untracked, as settling
+ * would put them there after a collection; the young dict's older row
+ * for the key, which would shadow it, is dropped. Other rows go to the
+ * young dict, settled past its limit. */
 static int
 held_set(Held *h, PyObject *key, PyObject *row)
 {
+    PyObject *forever = get(h->rows, S_FOREVER);
+    if (forever == NULL)
+        return -1;
+    Py_DECREF(forever);
+    if (forever == Py_False && untrackable(row) && untrackable(key)) {
+        if (PyObject_GC_IsTracked(row))
+            PyObject_GC_UnTrack(row);
+        if (PyObject_GC_IsTracked(key))
+            PyObject_GC_UnTrack(key);
+        int shadowed = PyDict_Contains(h->young, key);
+        if (shadowed < 0 || (shadowed && PyDict_DelItem(h->young, key) < 0))
+            return -1;
+        return PyDict_SetItem(h->old, key, row);
+    }
     if (PyDict_SetItem(h->young, key, row) < 0)
         return -1;
     PyObject *limit = get(h->rows, S_NEXT);
@@ -428,7 +462,7 @@ apply_insert(Route *r, PyObject *targets, PyObject *values)
         Held h = {NULL, NULL, NULL, NULL};
         PyObject *key = NULL, *row = NULL;
         int done = -1;
-        if (held_of(shape, &h, 0) == 0 && (key = key_of(&h, values)) != NULL &&
+        if (held_of(shape, &h) == 0 && (key = key_of(&h, values)) != NULL &&
             (row = values_of(&h, values)) != NULL)
             done = held_set(&h, key, row);
         held_clear(&h);
@@ -454,7 +488,7 @@ apply_update(Route *r, PyObject *targets, PyObject *now, PyObject *new,
         PyObject *old_key = NULL, *new_key = NULL, *row = NULL;
         int done = -1;
         int keep = now == NULL ? 0 : PySequence_Contains(now, shape);
-        if (keep < 0 || held_of(shape, &h, 1) < 0 ||
+        if (keep < 0 || held_of(shape, &h) < 0 ||
             (old_key = key_of(&h, old)) == NULL)
             goto next;
         PyObject *held = held_get(&h, old_key);
@@ -719,6 +753,7 @@ exec_module(PyObject *module)
     INTERN(names[S_END_LSN], "end_lsn");
     INTERN(names[S_NEXT], "_next");
     INTERN(names[S_SETTLE], "_settle");
+    INTERN(names[S_FOREVER], "_forever");
 #undef INTERN
     return 0;
 }

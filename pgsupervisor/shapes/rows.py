@@ -16,6 +16,10 @@ no collection walks it. A row holding a value the collector keeps tracking
 stays in the young dict, and once more of them wait there than the young
 dict's limit, the scheme ends for that store, whose rows then all live in
 the young dict, tracked, as any dict holding such rows would be.
+
+The C extension's writes (`_speedups.c`, ``held_set``) do the collector's
+part at once: a row and key of atomic values are untracked there and go
+straight into the big dict, so young dicts stay empty on the busy path.
 """
 
 from __future__ import annotations
