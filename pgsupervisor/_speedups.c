@@ -608,13 +608,15 @@ done:
     return result;
 }
 
+#define RUN 256  /* changes per call at most */
+
 PyDoc_STRVAR(route_changes_doc,
 "route_changes(changes, start, row_type, relation, ncols, load, at, by_value,\n"
 "              taking, tx, anyone, listening) -> int\n\n"
 "Apply changes[start:] (inserts and updates of stream rows of *relation*)\n"
 "to the shapes indexed by the value at position *at*, as the Python loop of\n"
-"`ShapeCache._on_transaction` does, up to the first change it must take;\n"
-"return that change's index.");
+"`ShapeCache._on_transaction` does, up to the first change it must take\n"
+"or at most 256 changes; return the index of the next change.");
 
 static PyObject *
 route_changes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -645,7 +647,11 @@ route_changes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if ((r.end_lsn = get(r.tx, S_END_LSN)) == NULL)
         return NULL;
-    for (; i >= 0 && i < PyList_GET_SIZE(changes); i++) {
+    /* A bounded run per call: between calls the interpreter may hand the
+     * GIL to another thread, so a million-row transaction does not hold
+     * the stream's and the application's threads for its whole length. */
+    Py_ssize_t stop = i + RUN;
+    for (; i >= 0 && i < stop && i < PyList_GET_SIZE(changes); i++) {
         PyObject *change = Py_NewRef(PyList_GET_ITEM(changes, i));
         int result = route_one(&r, change);
         Py_DECREF(change);
