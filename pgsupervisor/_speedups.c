@@ -766,6 +766,10 @@ exec_module(PyObject *module)
 
 static PyModuleDef_Slot slots[] = {
     {Py_mod_exec, exec_module},
+#if PY_VERSION_HEX >= 0x030C0000
+    /* The interned names and the slot cache are process-wide. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
     {0, NULL},
 };
 
