@@ -192,7 +192,7 @@ load_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* The route a run of changes is applied on (see route_changes). */
 typedef struct {
     PyObject *row_type, *relation, *load, *by_value, *taking, *tx, *end_lsn,
-        *listening;
+        *listening, *take;
     Py_ssize_t ncols, at;
     int anyone;
 } Route;
@@ -290,8 +290,9 @@ done:
 }
 
 /* Open each of *targets* for this transaction once (as the Python loop's
- * `taking`). 0: every one takes the change without ShapeChanges (out None)
- * or skips it (False); 1: one needs `Shape._take`; -1: `_open` raised. */
+ * `taking`). 0: each takes the change (out None: here; a list of
+ * ShapeChanges: through `take`) or skips it (False); 1: one has a list and
+ * there is no `take`; -1: `_open` raised. */
 static int
 open_all(Route *r, PyObject *targets)
 {
@@ -321,10 +322,48 @@ open_all(Route *r, PyObject *targets)
             if (set < 0)
                 return -1;
         }
-        if (out != Py_None && out != Py_False)
+        if (out != Py_None && out != Py_False && r->take == Py_None)
             return 1;
     }
     return 0;
+}
+
+/* *shape*'s out for this transaction: 0 None (apply here), 1 a list
+ * (apply through `take`), -1 False (skipped, or failed on a change). */
+static int
+out_of(Route *r, PyObject *shape)
+{
+    PyObject *out = PyDict_GetItemWithError(r->taking, shape);
+    if (out == Py_None)
+        return 0;
+    return (out == NULL || out == Py_False) ? -1 : 1;
+}
+
+/* `ShapeCache._take(taking, failed, shape, op, new, old, out)` (bound to
+ * the first two): it builds the shape's ShapeChanges, and deals with a
+ * shape that fails as the Python loop does. -1 only if it raised. */
+static int
+take_one(Route *r, PyObject *shape, int op, PyObject *new, PyObject *old)
+{
+    PyObject *out = PyDict_GetItemWithError(r->taking, shape);
+    if (out == NULL)
+        return -1;
+    PyObject *args[5] = {shape, names[op], new, old == NULL ? Py_None : old, out};
+    PyObject *done = PyObject_Vectorcall(r->take, args, 5, NULL);
+    Py_XDECREF(done);
+    return done == NULL ? -1 : 0;
+}
+
+/* A write here failed (a broken layout, no memory): the shape takes the
+ * change through `take` instead, which applies it or fails the shape as
+ * the Python loop would. */
+static int
+retake(Route *r, PyObject *shape, int op, PyObject *new, PyObject *old)
+{
+    if (PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_MemoryError))
+        return -1;
+    PyErr_Clear();
+    return take_one(r, shape, op, new, old);
 }
 
 /* What applying a change to one shape reads: its `Layout` (key_of and
@@ -449,15 +488,19 @@ held_del(Held *h, PyObject *key)
     return 0;
 }
 
-/* The insert of *values* for each target that takes it without
- * ShapeChanges: `Shape._take`'s insert on a fast route (the shape was found
- * by its whole clause, so the row matches). -1: a write failed. */
+/* The insert of *values* for each target: `Shape._take`'s insert on a
+ * fast route (the shape was found by its whole clause, so the row
+ * matches), through `take` for a shape with ShapeChanges to build. -1:
+ * `take` raised. */
 static int
 apply_insert(Route *r, PyObject *targets, PyObject *values)
 {
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(targets); k++) {
         PyObject *shape = PyTuple_GET_ITEM(targets, k);
-        if (PyDict_GetItemWithError(r->taking, shape) != Py_None)
+        int out = out_of(r, shape);
+        if (out > 0 && take_one(r, shape, S_INSERT, values, NULL) < 0)
+            return -1;
+        if (out != 0)
             continue;
         Held h = {NULL, NULL, NULL, NULL};
         PyObject *key = NULL, *row = NULL;
@@ -468,21 +511,25 @@ apply_insert(Route *r, PyObject *targets, PyObject *values)
         held_clear(&h);
         Py_XDECREF(key);
         Py_XDECREF(row);
-        if (done < 0)
+        if (done < 0 && retake(r, shape, S_INSERT, values, NULL) < 0)
             return -1;
     }
     return 0;
 }
 
-/* `Shape._update` on value tuples for each target that takes the change
- * without ShapeChanges; *now* holds the shapes the new row matches. */
+/* `Shape._update` on value tuples for each target (through `take` for a
+ * shape with ShapeChanges to build); *now* holds the shapes the new row
+ * matches. -1: `take` raised. */
 static int
 apply_update(Route *r, PyObject *targets, PyObject *now, PyObject *new,
              PyObject *old)
 {
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(targets); k++) {
         PyObject *shape = PyTuple_GET_ITEM(targets, k);
-        if (PyDict_GetItemWithError(r->taking, shape) != Py_None)
+        int out = out_of(r, shape);
+        if (out > 0 && take_one(r, shape, S_UPDATE, new, old) < 0)
+            return -1;
+        if (out != 0)
             continue;
         Held h = {NULL, NULL, NULL, NULL};
         PyObject *old_key = NULL, *new_key = NULL, *row = NULL;
@@ -517,7 +564,7 @@ apply_update(Route *r, PyObject *targets, PyObject *now, PyObject *new,
         Py_XDECREF(old_key);
         Py_XDECREF(new_key);
         Py_XDECREF(row);
-        if (done < 0)
+        if (done < 0 && retake(r, shape, S_UPDATE, new, old) < 0)
             return -1;
     }
     return 0;
@@ -546,9 +593,9 @@ members_of(Route *r, PyObject *values, int *error)
     return members;
 }
 
-/* Apply one change. 0: applied; 1: the Python path must take it (nothing
- * it does is lost: opening is recorded in `taking`, writes are
- * idempotent); -1: an exception to propagate. */
+/* Apply one change. 0: applied; 1: the Python path must take it (this
+ * only opened shapes, as recorded in `taking`: nothing is applied twice);
+ * -1: an exception to propagate. */
 static int
 route_one(Route *r, PyObject *change)
 {
@@ -569,7 +616,7 @@ route_one(Route *r, PyObject *change)
         }
         if ((result = open_all(r, now)) != 0)
             goto done;
-        result = apply_insert(r, now, values) < 0 ? 1 : 0;
+        result = apply_insert(r, now, values) < 0 ? -1 : 0;
         goto done;
     }
     if (PyErr_Occurred() || !(op == names[S_UPDATE] || PyUnicode_Compare(op, names[S_UPDATE]) == 0))
@@ -592,7 +639,7 @@ route_one(Route *r, PyObject *change)
         goto done;
     if ((result = open_all(r, targets)) != 0)
         goto done;
-    result = apply_update(r, targets, now, values, old_values) < 0 ? 1 : 0;
+    result = apply_update(r, targets, now, values, old_values) < 0 ? -1 : 0;
 done:
     Py_XDECREF(op);
     Py_XDECREF(new);
@@ -612,7 +659,7 @@ done:
 
 PyDoc_STRVAR(route_changes_doc,
 "route_changes(changes, start, row_type, relation, ncols, load, at, by_value,\n"
-"              taking, tx, anyone, listening) -> int\n\n"
+"              taking, tx, anyone, listening, take) -> int\n\n"
 "Apply changes[start:] (inserts and updates of stream rows of *relation*)\n"
 "to the shapes indexed by the value at position *at*, as the Python loop of\n"
 "`ShapeCache._on_transaction` does, up to the first change it must take\n"
@@ -621,14 +668,14 @@ PyDoc_STRVAR(route_changes_doc,
 static PyObject *
 route_changes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 12) {
-        PyErr_SetString(PyExc_TypeError, "route_changes takes 12 arguments");
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "route_changes takes 13 arguments");
         return NULL;
     }
     Route r = {
         .row_type = args[2], .relation = args[3], .load = args[5],
         .by_value = args[7], .taking = args[8], .tx = args[9],
-        .listening = args[11],
+        .listening = args[11], .take = args[12],
     };
     PyObject *changes = args[0];
     if (!PyList_CheckExact(changes) || !PyDict_CheckExact(r.by_value) ||

@@ -17,6 +17,7 @@ def route_changes(
     tx: Any,
     anyone: bool,
     listening: Callable[[Any], bool],
+    take: Callable[..., None] | None,
 ) -> int: ...
 def settle(
     young: dict[tuple[Any, ...], tuple[Any, ...]],

@@ -23,6 +23,7 @@ the rows as of their transaction: they must not wait for other threads.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -405,6 +406,7 @@ class ShapeCache:
             new: Any
             old: Any
             loose: set[Shape] = set()  # written into directly, to tend
+            take = None  # `_take` for the C twin, bound to this transaction
             changes = tx.changes
             i = -1
             while (i := i + 1) < len(changes):
@@ -419,14 +421,15 @@ class ShapeCache:
                     and _route_changes is not None
                     and op in ("insert", "update")
                 ):  # the C twin of the tenant paths below, up to a change
-                    # it leaves to them (one it cannot decide, or that has
-                    # a ShapeChange to build)
+                    # it leaves to them (one it cannot decide)
                     relation = route.relation
                     assert relation is not None
+                    if take is None:
+                        take = functools.partial(self._take, taking, failed)
                     after = _route_changes(
                         changes, i, Row, relation, relation.ncols,
                         relation.transformer.load_sequence, fast[0], fast[1],
-                        taking, tx, anyone, listening,
+                        taking, tx, anyone, listening, take,
                     )  # fmt: skip
                     if after > i:
                         i = after - 1
@@ -461,24 +464,16 @@ class ShapeCache:
                         )
                     if out is False:
                         continue
-                    try:
-                        if direct and out is None:
-                            # `_take`'s insert without its calls, on the
-                            # busiest path (tended below).
-                            _, key_of, values_of = shape._layout  # type: ignore[misc]
-                            shape._rows.young[key_of(new)] = values_of(new)
-                            loose.add(shape)
-                        else:
-                            shape._take(op, new, old, out)
-                    except Invalidated as exc:
-                        taking[shape] = False
-                        self._invalidate(shape, str(exc))
+                    if not (direct and out is None):
+                        self._take(taking, failed, shape, op, new, old, out)
+                        continue
+                    try:  # `_take`'s insert without its calls, on the
+                        # busiest path (tended below)
+                        _, key_of, values_of = shape._layout  # type: ignore[misc]
+                        shape._rows.young[key_of(new)] = values_of(new)
+                        loose.add(shape)
                     except Exception as exc:
-                        taking[shape] = False
-                        if not isinstance(exc, WhereEvaluationError):
-                            logger.exception("applying a change to %r failed", shape)
-                            exc = ShapeError(f"applying a change failed: {exc!r}")
-                        failed.append((shape, exc))  # not while iterating its route
+                        self._failed(taking, failed, shape, exc)
             for shape, error in failed:
                 self._fail(shape, error)
             for shape in loose:
@@ -491,6 +486,40 @@ class ShapeCache:
                 if shape._unsent is not None:
                     self._notify(shape)
             self.last_lsn = tx.end_lsn
+
+    def _take(  # noqa: PLR0917 - the C twin calls it with a vector of arguments
+        self,
+        taking: dict[Shape, Any],
+        failed: list[tuple[Shape, ShapeError]],
+        shape: Shape,
+        op: str,
+        new: Any,
+        old: Any,
+        out: list[ShapeChange] | None,
+    ) -> None:
+        """`Shape._take`, for the loop and its C twin: a shape that cannot
+        apply the change takes no more of the transaction; an invalidated
+        one is rebuilt, a failing one closed once the routes are walked."""
+        try:
+            shape._take(op, new, old, out)
+        except Invalidated as exc:
+            taking[shape] = False
+            self._invalidate(shape, str(exc))
+        except Exception as exc:
+            self._failed(taking, failed, shape, exc)
+
+    @staticmethod
+    def _failed(
+        taking: dict[Shape, Any],
+        failed: list[tuple[Shape, ShapeError]],
+        shape: Shape,
+        exc: Exception,
+    ) -> None:
+        taking[shape] = False
+        if not isinstance(exc, WhereEvaluationError):
+            logger.exception("applying a change to %r failed", shape)
+            exc = ShapeError(f"applying a change failed: {exc!r}")
+        failed.append((shape, exc))  # closed after the loop, not in its route
 
     def _rows_of(self, route: _Route, change: Change) -> tuple[Any, Any]:
         """*change*'s new and old rows for the shapes: value tuples when
