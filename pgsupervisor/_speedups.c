@@ -278,8 +278,9 @@ open_quiet(Route *r, PyObject *shape)
     if (attr == NULL)
         goto done;
     int later = PyObject_RichCompareBool(r->end_lsn, attr, Py_GT);
-    if (later < 0 || set(shape, S_APPLIED_LSN, r->end_lsn) < 0 ||
-        (later && set(shape, S_OFFSET, r->end_lsn) < 0))
+    /* The applied LSN last: if a write fails, `_open` does it all again. */
+    if (later < 0 || (later && set(shape, S_OFFSET, r->end_lsn) < 0) ||
+        set(shape, S_APPLIED_LSN, r->end_lsn) < 0)
         goto done;
     out = Py_NewRef(Py_None);
 done:
@@ -317,9 +318,9 @@ open_all(Route *r, PyObject *targets)
                 (out = PyObject_CallMethodObjArgs(
                      shape, names[S_OPEN], r->tx, emit ? Py_True : Py_False, NULL)) == NULL)
                 return -1;
-            int set = PyDict_SetItem(r->taking, shape, out);
+            int stored = PyDict_SetItem(r->taking, shape, out);
             Py_DECREF(out);  /* taking holds it */
-            if (set < 0)
+            if (stored < 0)
                 return -1;
         }
         if (out != Py_None && out != Py_False && r->take == Py_None)
