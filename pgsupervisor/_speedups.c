@@ -168,6 +168,14 @@ load_from(PyObject *buf, Py_ssize_t pos, Py_ssize_t ncols, PyObject *load)
     return values;
 }
 
+/* An int argument as a Py_ssize_t; -1 with an exception if it is not. */
+static int
+ssize_arg(PyObject *arg, Py_ssize_t *out)
+{
+    *out = PyLong_AsSsize_t(arg);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
 PyDoc_STRVAR(load_text_doc,
 "load_text(ncols, load, buf, pos) -> load([value bytes, ...]) | None\n\n"
 "Split the pgoutput TupleData at *pos* of *buf* and load it, when it has\n"
@@ -180,11 +188,8 @@ load_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "load_text takes 4 arguments");
         return NULL;
     }
-    Py_ssize_t ncols = PyLong_AsSsize_t(args[0]);
-    if (ncols == -1 && PyErr_Occurred())
-        return NULL;
-    Py_ssize_t pos = PyLong_AsSsize_t(args[3]);
-    if (pos == -1 && PyErr_Occurred())
+    Py_ssize_t ncols, pos;
+    if (ssize_arg(args[0], &ncols) < 0 || ssize_arg(args[3], &pos) < 0)
         return NULL;
     return load_from(args[2], pos, ncols, args[1]);
 }
@@ -291,9 +296,8 @@ done:
 }
 
 /* Open each of *targets* for this transaction once (as the Python loop's
- * `taking`). 0: each takes the change (out None: here; a list of
- * ShapeChanges: through `take`) or skips it (False); 1: one has a list and
- * there is no `take`; -1: `_open` raised. */
+ * `taking`): each then takes the change (out None: here; a list of
+ * ShapeChanges: through `take`) or skips it (False). -1: `_open` raised. */
 static int
 open_all(Route *r, PyObject *targets)
 {
@@ -323,8 +327,6 @@ open_all(Route *r, PyObject *targets)
             if (stored < 0)
                 return -1;
         }
-        if (out != Py_None && out != Py_False && r->take == Py_None)
-            return 1;
     }
     return 0;
 }
@@ -680,16 +682,15 @@ route_changes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     };
     PyObject *changes = args[0];
     if (!PyList_CheckExact(changes) || !PyDict_CheckExact(r.by_value) ||
-        !PyDict_CheckExact(r.taking)) {
-        PyErr_SetString(PyExc_TypeError, "route_changes: list, dict, dict");
+        !PyDict_CheckExact(r.taking) || !PyCallable_Check(r.take)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "route_changes: changes a list, by_value and taking"
+                        " dicts, take a callable");
         return NULL;
     }
-    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
-    if (i == -1 && PyErr_Occurred())
-        return NULL;
-    if ((r.ncols = PyLong_AsSsize_t(args[4])) == -1 && PyErr_Occurred())
-        return NULL;
-    if ((r.at = PyLong_AsSsize_t(args[6])) == -1 && PyErr_Occurred())
+    Py_ssize_t i;
+    if (ssize_arg(args[1], &i) < 0 || ssize_arg(args[4], &r.ncols) < 0 ||
+        ssize_arg(args[6], &r.at) < 0)
         return NULL;
     if ((r.anyone = PyObject_IsTrue(args[10])) < 0)
         return NULL;

@@ -12,12 +12,12 @@ def route_changes(
     ncols: int,
     load: Callable[[list[bytes]], Any],
     at: int,
-    by_value: dict[Any, set[Any]],
+    by_value: dict[Any, tuple[Any, ...]],
     taking: dict[Any, Any],
     tx: Any,
     anyone: bool,
     listening: Callable[[Any], bool],
-    take: Callable[..., None] | None,
+    take: Callable[..., None],
 ) -> int: ...
 def settle(
     young: dict[tuple[Any, ...], tuple[Any, ...]],
